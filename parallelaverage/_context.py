@@ -1,0 +1,79 @@
+"""Identity and randomness of the run being executed: ``run_id()`` and ``rng()``.
+
+The MPI engine (``parallelaverage.mpi.dynamic_range``) records here which run a rank is
+working on, so that code inside a run can ask for its index and for a random generator
+of its own. The generator is seeded from ``(job seed, run index)`` through
+``numpy.random.SeedSequence``: each run has its own reproducible stream, whichever
+rank executes it and in whatever order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run_id", "rng", "set_job_seed", "job_seed"]
+
+_NO_RUN = object()
+_current: Any = _NO_RUN
+_seed: int = 0
+_rng_for: Any = _NO_RUN
+_rng: np.random.Generator | None = None
+
+
+def set_job_seed(seed: int) -> None:
+    """Set the job seed from which every run's generator is derived (default 0)."""
+    global _seed, _rng_for
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}: must be a non-negative integer")
+    _seed = int(seed)
+    _rng_for = _NO_RUN
+
+
+def job_seed() -> int:
+    """The current job seed."""
+    return _seed
+
+
+def _set_run(run: Any) -> None:
+    global _current
+    _current = run
+
+
+def run_id() -> Any:
+    """The index of the run being executed (an int, or a tuple for tuple ``N_runs``).
+
+    Raises:
+        RuntimeError: called outside a run (not inside ``dynamic_range`` or a job).
+    """
+    if _current is _NO_RUN:
+        raise RuntimeError(
+            "run_id() is only defined inside a run: call it from the decorated function "
+            "or inside a loop over parallelaverage.mpi.dynamic_range()"
+        )
+    return _current
+
+
+def _spawn_key(run: Any) -> tuple[int, ...]:
+    parts = run if isinstance(run, tuple) else (run,)
+    key = []
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, (int, np.integer)) or part < 0:
+            raise ValueError(f"run id {run!r} has no generator: run ids must be non-negative integers")
+        key.append(int(part))
+    return tuple(key)
+
+
+def rng() -> np.random.Generator:
+    """This run's own ``numpy.random.Generator``, the same for every call within a run.
+
+    Seeded from ``SeedSequence(job_seed, spawn_key=run index)``, so results are
+    reproducible and independent of which rank ran the run.
+    """
+    global _rng_for, _rng
+    run = run_id()
+    if _rng is None or _rng_for != run:
+        _rng = np.random.default_rng(np.random.SeedSequence(_seed, spawn_key=_spawn_key(run)))
+        _rng_for = run
+    return _rng

@@ -1,0 +1,109 @@
+"""The Welford kernels on packed states: compiled when possible, numpy otherwise.
+
+A packed state is one contiguous float64 array ``[count, W, shift[k], mean[k], m2[k]]``
+(see ``native/welford.c`` for why the shift is there). Two kernels act on it:
+
+* ``add(state, sample, weight)``: one weighted sample, in place;
+* ``merge(state_a, state_b)``: Chan's merge of ``b`` into ``a``, in place.
+
+The pure-numpy functions below are the reference twins of the C kernels: the oracle
+in the tests, and the fallback when ``parallelaverage._native`` cannot be imported
+(a one-time ``RuntimeWarning`` says why).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["add", "merge", "add_reference", "merge_reference", "NATIVE", "empty_state", "HEADER"]
+
+HEADER = 2  # count, W
+
+
+def empty_state(k: int) -> np.ndarray:
+    """A packed state of ``k`` float64 elements holding no sample."""
+    return np.zeros(HEADER + 3 * k, dtype=np.float64)
+
+
+def _sections(state: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    k = (state.size - HEADER) // 3
+    body = state[HEADER:]
+    return body[:k], body[k : 2 * k], body[2 * k :]
+
+
+def _as_values(sample: Any) -> np.ndarray:
+    """The sample as a flat float64 array (complex as interleaved re, im)."""
+    x = np.ascontiguousarray(sample)
+    if x.dtype.kind == "c":
+        return x.astype(np.complex128, copy=False).reshape(-1).view(np.float64)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"unsupported sample buffer format '{x.dtype.str}'")
+    return x.astype(np.float64, copy=False).reshape(-1)
+
+
+def add_reference(state: np.ndarray, sample: Any, weight: float) -> None:
+    """Numpy twin of the native ``add`` (same semantics, same errors)."""
+    w = float(weight)
+    if not (w >= 0.0) or np.isinf(w):
+        raise ValueError(f"weight must be finite and >= 0, got {weight!r}")
+    x = _as_values(sample)
+    shift, mean, m2 = _sections(state)
+    if x.size != shift.size:
+        raise ValueError(f"sample has {x.size} values, the state holds {shift.size}")
+    if state[0] == 0.0:
+        np.copyto(shift, np.where(np.isfinite(x), x, 0.0))
+        mean[:] = 0.0
+        m2[:] = 0.0
+    w_new = state[1] + w
+    f = w / w_new if w_new > 0.0 else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = x - shift
+        delta = d - mean
+        mean += delta * f
+        m2 += w * delta * (d - mean)
+    state[0] += 1.0
+    state[1] = w_new
+
+
+def merge_reference(state_a: np.ndarray, state_b: np.ndarray) -> None:
+    """Numpy twin of the native ``merge``: Chan's formula including the shifts."""
+    if state_a.size != state_b.size:
+        k_a, k_b = ((s.size - HEADER) // 3 for s in (state_a, state_b))
+        raise ValueError(f"states differ in size: {k_a} and {k_b} elements")
+    if state_b[0] == 0.0:
+        return
+    if state_a[0] == 0.0:
+        state_a[:] = state_b
+        return
+    shift_a, mean_a, m2_a = _sections(state_a)
+    shift_b, mean_b, m2_b = _sections(state_b)
+    w_a, w_b = state_a[1], state_b[1]
+    w = w_a + w_b
+    fb = w_b / w if w > 0.0 else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        delta = (shift_b - shift_a) + (mean_b - mean_a)
+        mean_a += delta * fb
+        m2_a += m2_b + delta * delta * (w_a * fb)
+    state_a[0] += state_b[0]
+    state_a[1] = w
+
+
+def _select() -> tuple[Callable[..., None], Callable[..., None], bool]:
+    try:
+        from parallelaverage import _native
+    except ImportError as error:  # pragma: no cover - exercised only on broken installs
+        warnings.warn(
+            f"parallelaverage._native could not be imported ({error}); using the pure-numpy "
+            "kernels, which are about 3x slower. Reinstall with a C compiler available "
+            "(pip install --force-reinstall parallelaverage) to get the compiled ones.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return add_reference, merge_reference, False
+    return _native.add, _native.merge, True
+
+
+add, merge, NATIVE = _select()

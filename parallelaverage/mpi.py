@@ -1,0 +1,186 @@
+"""The MPI engine: hand out runs to ranks, merge their statistics.
+
+Usable inside any mpi4py program, with no job database::
+
+    from mpi4py import MPI
+    from parallelaverage.stats import Welford, _promote_to_complex
+    from parallelaverage import mpi
+
+    acc = Welford()
+    for i in mpi.dynamic_range(n_runs, comm=MPI.COMM_WORLD):  # each index handed out once
+        acc.add(simulate(i))
+    total = mpi.allreduce(acc, comm=MPI.COMM_WORLD)           # merged state on every rank
+
+``dynamic_range`` is a shared counter in MPI one-sided memory: fast ranks claim more
+runs. ``allreduce`` merges ``Welford`` states with one ``MPI_Allreduce`` whose
+reduction op runs the native Chan merge.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from mpi4py import MPI
+
+from parallelaverage import _context, _kernels
+from parallelaverage.stats import Welford, _promote_to_complex
+
+__all__ = ["dynamic_range", "allreduce", "CHUNK_TARGET_S"]
+
+CHUNK_TARGET_S = 0.002
+"""A claimed chunk should take about this long, so counter traffic stays below ~0.1%."""
+
+_GUIDED_FACTOR = 2
+"""A chunk is at most remaining / (factor * ranks) runs: large early, 1 near the end."""
+
+
+def _claim_sizes(remaining: int, size: int, seconds_per_run: float | None) -> int:
+    """How many runs to claim next: bounded by time per chunk and by guided scheduling."""
+    guided = max(1, remaining // (_GUIDED_FACTOR * size))
+    if seconds_per_run is None:
+        return 1
+    if seconds_per_run <= 0.0:
+        return guided
+    return max(1, min(guided, int(CHUNK_TARGET_S / seconds_per_run)))
+
+
+def dynamic_range(
+    runs: int | Sequence[Any],
+    comm: MPI.Comm | None = None,
+    *,
+    chunk: int | None = None,
+    seed: int | None = None,
+) -> Iterator[Any]:
+    """Yield the runs this rank should execute; across ranks each is yielded exactly once.
+
+    Collective: every rank of ``comm`` must call it and iterate it to the end (the
+    counter's window is freed collectively when the iteration ends).
+
+    Args:
+        runs: a number of runs ``n`` (yields indices ``0 .. n-1``) or an explicit sequence
+            of run ids (yields its items, e.g. only the runs that failed before).
+        comm: communicator, ``MPI.COMM_WORLD`` by default.
+        chunk: claim this many runs per counter access; ``None`` (default) adapts the
+            chunk to the measured run time: 1 for slow runs and near the end, up to
+            ``remaining / (2 * ranks)`` for runs shorter than ``CHUNK_TARGET_S``.
+        seed: job seed for :func:`parallelaverage.rng` inside the runs (unchanged if None).
+
+    Yields:
+        Run ids, in increasing counter order. While a run is being executed,
+        :func:`parallelaverage.run_id` returns it.
+
+    Notes:
+        Uses ``MPI_Win_allocate`` on rank 0, ``Lock_all`` once, then ``Fetch_and_op`` +
+        ``Flush`` per claim, which progresses without rank 0's attention.
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    ids: Sequence[Any] = range(runs) if isinstance(runs, (int, np.integer)) else runs
+    if isinstance(runs, (int, np.integer)) and runs < 0:
+        raise ValueError(f"runs={runs}: must be >= 0")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk={chunk!r}: must be a positive integer or None")
+    if seed is not None:
+        _context.set_job_seed(seed)
+    n = len(ids)
+    size = comm.Get_size()
+    itemsize = MPI.INT64_T.Get_size()
+    window = MPI.Win.Allocate(itemsize if comm.Get_rank() == 0 else 0, itemsize, comm=comm)
+    try:
+        if comm.Get_rank() == 0:
+            np.frombuffer(window.tomemory(), dtype=np.int64)[0] = 0
+        comm.Barrier()
+        window.Lock_all()
+        try:
+            yield from _claim_loop(window, ids, n, size, chunk)
+        finally:
+            window.Unlock_all()
+            _context._set_run(_context._NO_RUN)
+    finally:
+        window.Free()
+
+
+def _claim_loop(window: MPI.Win, ids: Sequence[Any], n: int, size: int, chunk: int | None) -> Iterator[Any]:
+    increment = np.zeros(1, dtype=np.int64)
+    claimed = np.zeros(1, dtype=np.int64)
+    seconds_per_run: float | None = None
+    remaining = n
+    set_run = _context._set_run
+    while True:
+        k = chunk if chunk is not None else _claim_sizes(remaining, size, seconds_per_run)
+        increment[0] = k
+        window.Fetch_and_op(increment, claimed, 0, 0, MPI.SUM)
+        window.Flush(0)
+        start = int(claimed[0])
+        if start >= n:
+            return
+        stop = min(start + k, n)
+        began = time.perf_counter()
+        for position in range(start, stop):
+            run = ids[position]
+            set_run(run)
+            yield run
+        seconds_per_run = (time.perf_counter() - began) / (stop - start)
+        remaining = n - stop
+
+
+# ------------------------------------------------------------------- allreduce
+def _merge_op(inbuf: Any, inoutbuf: Any, datatype: MPI.Datatype) -> None:
+    # The state travels as ONE element of a contiguous datatype: Open MPI splits
+    # buffers of plain MPI.DOUBLE before calling a user op, which would corrupt it.
+    _kernels.merge(inoutbuf, inbuf)
+
+
+_op: MPI.Op | None = None
+
+
+def _merge_operator() -> MPI.Op:
+    global _op
+    if _op is None:
+        _op = MPI.Op.Create(_merge_op, commute=True)
+    return _op
+
+
+def allreduce(acc: Welford, comm: MPI.Comm | None = None) -> Welford:
+    """Merge the accumulators of all ranks; every rank gets the merged result.
+
+    Collective. Ranks that saw no sample may pass an empty ``Welford``. The states are
+    merged with one ``MPI_Allreduce`` whose user-defined op runs the native Chan merge
+    (the same merge as :meth:`Welford.merge`), so the result equals a serial merge of the
+    ranks' accumulators to rounding.
+
+    Args:
+        acc: this rank's accumulator (left unchanged).
+        comm: communicator, ``MPI.COMM_WORLD`` by default.
+
+    Returns:
+        A new ``Welford`` holding every rank's samples (empty if no rank had any).
+
+    Raises:
+        ValueError: ranks accumulated samples of different shapes (raised on every rank).
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    layout = None if acc.count == 0 else (acc.shape, acc._complex)
+    layouts = {entry for entry in comm.allgather(layout) if entry is not None}
+    if not layouts:
+        return Welford()
+    shapes = {shape for shape, _ in layouts}
+    if len(shapes) > 1:
+        raise ValueError(f"ranks accumulated samples of different shapes: {sorted(shapes)}")
+    (shape,) = shapes
+    is_complex = any(c for _, c in layouts)
+    k = int(np.prod(shape, dtype=np.int64)) * (2 if is_complex else 1)
+    if acc.count == 0:
+        send = _kernels.empty_state(k)
+    elif is_complex and not acc._complex:
+        send = _promote_to_complex(acc._state)
+    else:
+        send = acc._state
+    receive = np.empty_like(send)
+    datatype = MPI.DOUBLE.Create_contiguous(send.size).Commit()
+    try:
+        comm.Allreduce([send, 1, datatype], [receive, 1, datatype], op=_merge_operator())
+    finally:
+        datatype.Free()
+    return Welford._from_packed(receive, shape, is_complex)

@@ -1,0 +1,108 @@
+"""Collective invariants of the MPI engine, asserted on every rank.
+
+Run as ``mpiexec -n P python engine_invariants.py``; prints ``ENGINE-OK <P>`` on rank 0
+when every check passed on every rank (an AssertionError aborts the job otherwise).
+"""
+
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import parallelaverage
+from parallelaverage import mpi
+from parallelaverage.stats import Welford
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+
+
+def sample(run):
+    """A deterministic sample per run id: 1e9 offset + noise, 3x2 elements."""
+    key = run if isinstance(run, int) else hash(run) % 2**31
+    return 1e9 + np.random.default_rng(key).standard_normal((3, 2))
+
+
+def claimed_everywhere(runs, **options):
+    mine = []
+    for run in mpi.dynamic_range(runs, comm, **options):
+        assert parallelaverage.run_id() == run
+        mine.append(run)
+    everyone = comm.allgather(mine)
+    return mine, [run for part in everyone for run in part]
+
+
+# 1. every index exactly once, for fewer, equal and many more runs than ranks
+for n_runs in (0, 1, size - 1, size, 3 * size + 1, 5000):
+    for chunk in (None, 1, 7):
+        mine, claimed = claimed_everywhere(n_runs, chunk=chunk)
+        assert sorted(claimed) == list(range(n_runs)), (n_runs, chunk, sorted(claimed)[:20])
+        assert mine == sorted(mine)  # each rank sees increasing counter order
+
+# 2. an explicit list of run ids (re-running only some runs)
+ids = [17, 3, 250, 4, 99, 100, 8]
+_, claimed = claimed_everywhere(ids)
+assert sorted(claimed) == sorted(ids)
+tuple_ids = [(i, j) for i in range(3) for j in range(4)]
+_, claimed = claimed_everywhere(tuple_ids)
+assert sorted(claimed) == tuple_ids
+
+# 3. allreduce equals the serial merge on every rank (to 1e-13)
+n_runs = 400
+acc = Welford()
+for run in mpi.dynamic_range(n_runs, comm):
+    acc.add(sample(run))
+total = mpi.allreduce(acc, comm)
+serial = Welford()
+for run in range(n_runs):
+    serial.add(sample(run))
+assert total.count == n_runs
+assert np.all(np.abs(total.mean - serial.mean) <= 1e-13 * np.abs(serial.mean))
+assert np.all(np.abs(total.variance - serial.variance) <= 1e-13 * serial.variance)
+assert acc.count <= n_runs  # the local accumulator is left alone
+
+# 4. ranks without samples take part; weights and complex samples
+acc = Welford()
+if rank == size - 1:
+    for run in range(10):
+        acc.add(sample(run) * (1 + 1j), weight=run + 1.0)
+total = mpi.allreduce(acc, comm)
+serial = Welford()
+for run in range(10):
+    serial.add(sample(run) * (1 + 1j), weight=run + 1.0)
+assert total.count == 10 and np.iscomplexobj(total.mean)
+assert np.allclose(total.mean, serial.mean, rtol=1e-14) and np.allclose(total.variance, serial.variance, rtol=1e-12)
+assert mpi.allreduce(Welford(), comm).count == 0
+
+# 5. real on some ranks, complex on others: promoted, not corrupted
+acc = Welford()
+acc.add(np.array([1.0, 2.0]) * (1j if rank % 2 else 1))
+total = mpi.allreduce(acc, comm)
+assert total.count == size and np.iscomplexobj(total.mean) == (size > 1)
+
+# 6. different shapes on different ranks: a clear error on every rank
+acc = Welford()
+acc.add(np.zeros(2 if rank == 0 else 3))
+try:
+    mpi.allreduce(acc, comm)
+    assert size == 1, "shape mismatch not detected"
+except ValueError as error:
+    assert "different shapes" in str(error)
+
+# 7. rng(): one reproducible stream per run, whichever rank ran it
+draws = {}
+for run in mpi.dynamic_range(40, comm, seed=123):
+    draws[run] = parallelaverage.rng().random(3).tolist()
+    assert parallelaverage.rng().random() is not None  # same generator within the run
+merged = {}
+for part in comm.allgather(draws):
+    merged.update(part)
+for run in range(40):
+    expected = np.random.default_rng(np.random.SeedSequence(123, spawn_key=(run,))).random(3)
+    assert merged[run] == expected.tolist()
+assert len({tuple(v) for v in merged.values()}) == 40
+
+comm.Barrier()
+if rank == 0:
+    print(f"ENGINE-OK {size}")
+sys.stdout.flush()

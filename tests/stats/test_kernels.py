@@ -1,0 +1,72 @@
+"""The compiled kernels against their pure-numpy twins (the oracle and the fallback)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parallelaverage import _kernels
+
+pytestmark = pytest.mark.skipif(not _kernels.NATIVE, reason="the compiled extension is not built")
+from parallelaverage import _native  # noqa: E402  (only imported when built)
+
+INPUT_DTYPES = [np.float64, np.float32, np.int8, np.int16, np.int32, np.int64,
+                np.uint8, np.uint16, np.uint32, np.uint64, np.complex128, np.complex64, np.bool_]
+
+
+@settings(max_examples=80, deadline=None)
+@given(dtype=st.sampled_from(INPUT_DTYPES), k=st.integers(1, 40), n=st.integers(1, 12),
+       seed=st.integers(0, 2**32 - 1), weighted=st.booleans())
+def test_native_add_and_merge_match_reference(dtype, k, n, seed, weighted):
+    rng = np.random.default_rng(seed)
+    samples = (rng.standard_normal((n, k)) * 50 + 1e6).astype(dtype) if np.dtype(dtype).kind != "c" \
+        else (rng.standard_normal((n, k)) + 1j * rng.standard_normal((n, k))).astype(dtype)
+    values = k * (2 if np.dtype(dtype).kind == "c" else 1)
+    states = [_kernels.empty_state(values) for _ in range(4)]
+    for i, sample in enumerate(samples):
+        w = float(rng.uniform(0, 3)) if weighted else 1.0
+        _native.add(states[0], sample, w)
+        _kernels.add_reference(states[1], sample, w)
+        _native.add(states[2 + i % 2], sample, w)
+    np.testing.assert_allclose(states[0], states[1], rtol=1e-13, atol=1e-9)
+    merged_native, merged_reference = states[2].copy(), states[2].copy()
+    _native.merge(merged_native, states[3])
+    _kernels.merge_reference(merged_reference, states[3])
+    np.testing.assert_allclose(merged_native, merged_reference, rtol=1e-13, atol=1e-9)
+
+
+def test_size_mismatch_and_bad_buffers_raise_like_the_reference():
+    state = _kernels.empty_state(3)
+    for kernel in (_native.add, _kernels.add_reference):
+        with pytest.raises(ValueError, match="4 values"):
+            kernel(state, np.zeros(4), 1.0)
+        with pytest.raises(ValueError, match="weight"):
+            kernel(state, np.zeros(3), -1.0)
+        with pytest.raises(TypeError):
+            kernel(state, np.array(["a", "b", "c"]), 1.0)
+    for kernel in (_native.merge, _kernels.merge_reference):
+        with pytest.raises(ValueError, match="differ"):
+            kernel(state, _kernels.empty_state(4))
+    with pytest.raises(ValueError, match="packed Welford state"):
+        _native.add(np.zeros(4), np.zeros(1), 1.0)
+
+
+def test_merge_accepts_raw_bytes_as_mpi_hands_them_over():
+    a, b = _kernels.empty_state(2), _kernels.empty_state(2)
+    _native.add(a, np.array([1.0, 2.0]), 1.0)
+    _native.add(b, np.array([3.0, 4.0]), 1.0)
+    raw = bytearray(a.tobytes())
+    _native.merge(memoryview(raw), memoryview(b.tobytes()))
+    merged = np.frombuffer(raw, dtype=np.float64)
+    assert merged[0] == 2 and np.allclose(merged[2:4] + merged[4:6], [2.0, 3.0])
+
+
+def test_large_samples_release_the_gil_and_stay_exact():
+    x = np.random.default_rng(0).standard_normal(100_000)
+    state, reference = _kernels.empty_state(x.size), _kernels.empty_state(x.size)
+    for shift in range(3):
+        _native.add(state, x + shift, 1.0)
+        _kernels.add_reference(reference, x + shift, 1.0)
+    np.testing.assert_allclose(state, reference, rtol=1e-14, atol=1e-12)
