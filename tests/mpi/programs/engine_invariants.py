@@ -60,6 +60,10 @@ assert total.count == n_runs
 assert np.all(np.abs(total.mean - serial.mean) <= 1e-13 * np.abs(serial.mean))
 assert np.all(np.abs(total.variance - serial.variance) <= 1e-13 * serial.variance)
 assert acc.count <= n_runs  # the local accumulator is left alone
+local_count = acc.count
+merged = mpi.allreduce(acc, comm, inplace=True)
+assert merged is acc and acc.count == n_runs and comm.allreduce(local_count) == n_runs
+assert np.all(np.abs(acc.variance - serial.variance) <= 1e-13 * serial.variance)
 
 # 4. ranks without samples take part; weights and complex samples
 acc = Welford()

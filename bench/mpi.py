@@ -1,0 +1,159 @@
+"""The MPI engine against plain MPI, measured in the same run.
+
+    python bench/mpi.py [--ranks 2 4] [--sizes 1e5 1e6 1e7]
+
+* allreduce of a Welford state of n float64 elements (3n + 2 doubles on the wire)
+  versus a plain SUM ``Allreduce`` of the same number of doubles;
+* the shared counter: claims per second per rank with ``chunk=1`` and an empty body;
+* per-run engine overhead: a trivial function returning 10 floats, 20,000 runs,
+  ``dynamic_range`` + ``Welford.add`` + ``allreduce``, minus the function alone.
+
+Each time is the median of several samples of back-to-back calls after a Barrier,
+max over ranks. Starts itself under ``mpiexec -n P``; the last line printed is one JSON
+object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import _launch
+
+
+def timed(comm, function, samples: int, inner: int) -> float:
+    """Median over `samples` of the max-over-ranks seconds per call of `function`."""
+    from mpi4py import MPI
+
+    results = []
+    for _ in range(samples):
+        comm.Barrier()
+        start = time.perf_counter()
+        for _ in range(inner):
+            function()
+        elapsed = (time.perf_counter() - start) / inner
+        results.append(comm.allreduce(elapsed, op=MPI.MAX))
+    return statistics.median(results)
+
+
+def bench_allreduce(comm, n: int) -> dict:
+    from mpi4py import MPI
+
+    from parallelaverage import mpi
+    from parallelaverage.stats import Welford
+
+    rng = np.random.default_rng(comm.rank)
+    acc = Welford()
+    for _ in range(3):
+        acc.add(1e6 + rng.standard_normal(n))
+    doubles = acc._state.size
+    send, receive = np.ones(doubles), np.empty(doubles)
+    samples, inner = (5, 2) if n >= 10**7 else (9, max(1, 10**6 // n))
+    baseline = timed(comm, lambda: comm.Allreduce(send, receive, op=MPI.SUM), samples, inner)
+    ours = timed(comm, lambda: mpi.allreduce(acc, comm), samples, inner)
+    # inplace merges into acc, so time it on a copy whose state is restored each call
+    work, pristine = acc.copy(), acc._state.copy()
+
+    def merge_in_place():
+        np.copyto(work._state, pristine)
+        mpi.allreduce(work, comm, inplace=True)
+
+    restore = timed(comm, lambda: np.copyto(work._state, pristine), samples, inner)
+    in_place = timed(comm, merge_in_place, samples, inner) - restore
+    return {"n": n, "sum_allreduce_s": baseline, "welford_allreduce_s": ours, "ratio": ours / baseline,
+            "welford_allreduce_inplace_s": in_place, "ratio_inplace": in_place / baseline}
+
+
+def bench_counter(comm, seconds: float = 1.0) -> dict:
+    from mpi4py import MPI
+
+    from parallelaverage import mpi
+
+    n_claims = 50_000 * comm.size
+    comm.Barrier()
+    start = time.perf_counter()
+    mine = sum(1 for _ in mpi.dynamic_range(n_claims, comm, chunk=1))
+    rate = mine / (time.perf_counter() - start)
+    rates = comm.allgather(rate)
+    return {"claims_per_s_per_rank_min": min(rates), "claims_per_s_per_rank_mean": sum(rates) / len(rates)}
+
+
+def trivial(i: int) -> np.ndarray:
+    return np.full(10, float(i))
+
+
+def bench_overhead(comm, n_runs: int = 20_000) -> dict:
+    from mpi4py import MPI
+
+    from parallelaverage import mpi
+    from parallelaverage.stats import Welford
+
+    def engine():
+        acc = Welford()
+        for run in mpi.dynamic_range(n_runs, comm):
+            acc.add(trivial(run))
+        return mpi.allreduce(acc, comm)
+
+    def function_alone():
+        for run in range(n_runs // comm.size):
+            trivial(run)
+
+    total = timed(comm, engine, samples=7, inner=1)
+    alone = timed(comm, function_alone, samples=7, inner=1)
+    per_run_total = total * comm.size / n_runs
+    per_run_function = alone * comm.size / n_runs
+    return {
+        "runs": n_runs,
+        "per_run_total_us": per_run_total * 1e6,
+        "per_run_function_us": per_run_function * 1e6,
+        "per_run_engine_overhead_us": (per_run_total - per_run_function) * 1e6,
+    }
+
+
+def child(sizes: list[int]) -> None:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    figures = {
+        "ranks": comm.size,
+        "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+        "allreduce": [bench_allreduce(comm, n) for n in sizes],
+        "counter": bench_counter(comm),
+        "overhead": bench_overhead(comm),
+    }
+    if comm.rank == 0:
+        print(json.dumps(figures), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes]
+    if _launch.is_child():
+        child(sizes)
+        return
+    results = []
+    for ranks in args.ranks:
+        figures = _launch.run_under_mpiexec(__file__, ranks, ["--sizes", *map(str, sizes)])
+        results.append(figures)
+        print(f"\n{ranks} ranks, {figures['mpi']}")
+        print(f"{'n':>10} {'SUM Allreduce':>14} {'allreduce':>12} {'ratio':>7} {'inplace':>12} {'ratio':>7}")
+        for row in figures["allreduce"]:
+            print(f"{row['n']:>10.0e} {row['sum_allreduce_s'] * 1e3:>11.2f} ms {row['welford_allreduce_s'] * 1e3:>9.2f} ms "
+                  f"{row['ratio']:>6.2f}x {row['welford_allreduce_inplace_s'] * 1e3:>9.2f} ms {row['ratio_inplace']:>6.2f}x")
+        c, o = figures["counter"], figures["overhead"]
+        print(f"counter: {c['claims_per_s_per_rank_min']:,.0f} claims/s per rank (slowest rank)")
+        print(f"per run ({o['runs']} runs): {o['per_run_total_us']:.2f} us total, "
+              f"{o['per_run_function_us']:.2f} us the function, {o['per_run_engine_overhead_us']:.2f} us engine")
+    print(json.dumps({"bench": "mpi", "results": results}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
