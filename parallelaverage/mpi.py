@@ -102,27 +102,31 @@ def dynamic_range(
 
 
 def _claim_loop(window: MPI.Win, ids: Sequence[Any], n: int, size: int, chunk: int | None) -> Iterator[Any]:
-    increment = np.zeros(1, dtype=np.int64)
+    increment = np.ones(1, dtype=np.int64)
     claimed = np.zeros(1, dtype=np.int64)
+    fetch_and_op, flush, total = window.Fetch_and_op, window.Flush, MPI.SUM
+    set_run, clock = _context._set_run, time.perf_counter
+    adaptive = chunk is None
+    k = 1 if adaptive else chunk
+    increment[0] = k
     seconds_per_run: float | None = None
-    remaining = n
-    set_run = _context._set_run
     while True:
-        k = chunk if chunk is not None else _claim_sizes(remaining, size, seconds_per_run)
-        increment[0] = k
-        window.Fetch_and_op(increment, claimed, 0, 0, MPI.SUM)
-        window.Flush(0)
+        fetch_and_op(increment, claimed, 0, 0, total)
+        flush(0)
         start = int(claimed[0])
         if start >= n:
             return
         stop = min(start + k, n)
-        began = time.perf_counter()
+        began = clock()
         for position in range(start, stop):
             run = ids[position]
             set_run(run)
             yield run
-        seconds_per_run = (time.perf_counter() - began) / (stop - start)
-        remaining = n - stop
+        if adaptive:
+            seconds_per_run = (clock() - began) / (stop - start)
+            new_k = _claim_sizes(n - stop, size, seconds_per_run)
+            if new_k != k:
+                k = increment[0] = new_k
 
 
 # ------------------------------------------------------------------- allreduce
