@@ -27,7 +27,7 @@ import numpy as np
 
 from parallelaverage import _kernels
 
-__all__ = ["Welford"]
+__all__ = ["Welford", "WeightedSample"]
 
 _STATE_SCHEMA = 1
 _NUMERIC_KINDS = "biufc"
@@ -266,3 +266,24 @@ class Welford:
             return "Welford(empty)"
         kind = ", complex" if self._complex else ""
         return f"Welford(count={self.count}, shape={self._shape}{kind})"
+
+
+class WeightedSample:
+    """A sample with a weight: return one from a run to get a weighted average.
+
+    Args:
+        sample: the value (scalar or array) of this run.
+        weight: its weight, finite and >= 0.
+    """
+
+    __slots__ = ("sample", "weight")
+
+    def __init__(self, sample: Any, weight: float) -> None:
+        self.sample = sample
+        self.weight = weight
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WeightedSample, (self.sample, self.weight))
+
+    def __repr__(self) -> str:
+        return f"WeightedSample({self.sample!r}, weight={self.weight!r})"

@@ -1,0 +1,316 @@
+"""``parallel``, ``parallel_average`` and the action decorators: the user's entry points.
+
+A decorated function's call is looked up in the job database by its canonical key:
+unknown calls are submitted (and return None), known ones return their result so far.
+Action decorators (``dont_submit``, ``do_submit``, ``re_submit``, ``cancel_job``,
+``print_job_output``, ``wait``) change what a call does; they stack on top of the
+decorated function or wrap it in a call: ``wait(f)(x)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import cloudpickle
+
+from parallelaverage import _jobs
+from parallelaverage._jobfiles import JobFiles
+from parallelaverage._options import JobOptions, parse_options, run_ids
+from parallelaverage._progress import ProgressBar
+from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_hash, new_record
+
+__all__ = [
+    "parallel", "parallel_average", "do_submit", "dont_submit", "re_submit", "cancel_job",
+    "print_job_output", "wait", "load_job", "NoJobError",
+]
+
+PREFIX = "[parallelaverage]"
+
+
+class NoJobError(LookupError):
+    """A call that must find an existing job (``dont_submit``, ``cancel_job``...) found none."""
+
+
+def _say(message: str) -> None:
+    print(f"{PREFIX} {message}", flush=True)
+
+
+class ParallelFunction:
+    """A function whose calls become parallel jobs. Made by the decorators below."""
+
+    def __init__(self, function: Callable[..., Any], options: JobOptions) -> None:
+        functools.update_wrapper(self, function)
+        self._function = function
+        self._options = options
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("auto", args, kwargs)
+
+    def __repr__(self) -> str:
+        kind = "parallel" if self._options.average is None else "parallel_average"
+        return f"<{kind} {self._function.__qualname__}, {self._options.total_runs} runs on {self._options.N_tasks} ranks>"
+
+    # ----------------------------------------------------------------- helpers
+    def _key(self, args: tuple, kwargs: dict) -> Any:
+        average = self._options.average
+        return call_key(self._function, args, kwargs, N_runs=self._options.N_runs,
+                        average_results="keep" if average is None else average)
+
+    def _database(self) -> JobDatabase:
+        return JobDatabase(self._options.path)
+
+    def _payload(self, args: tuple, kwargs: dict, seed: int) -> bytes:
+        options = self._options
+        for module in options.pickle_by_value:
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            return cloudpickle.dumps({
+                "function": self._function, "args": args, "kwargs": kwargs,
+                "average": options.average, "keep_runs": options.keep_runs or options.average is None,
+                "encoding": options.encoding, "seed": seed,
+                "dynamic_load_balancing": options.dynamic_load_balancing,
+            }, protocol=5)
+        except Exception as error:
+            raise TypeError(
+                f"{self._function.__qualname__} or its arguments cannot be sent to the MPI ranks "
+                f"({type(error).__name__}: {error}); make them picklable"
+            ) from error
+        finally:
+            for module in options.pickle_by_value:
+                cloudpickle.unregister_pickle_by_value(module)
+
+    def _submit(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> JobRecord | None:
+        options = self._options
+        seed = options.seed if options.seed is not None else int(hashlib.sha256(key.digest.encode()).hexdigest()[:8], 16)
+        payload = self._payload(args, kwargs, seed)
+        backend = _jobs.backend_for(options.resolved_queuing_system())
+        recorded = {**options.recorded(), "average": options.average, "seed": seed}
+
+        def make_record(name: str) -> JobRecord:
+            return new_record(key, name, code_hash=code_hash(self._function), options=recorded,
+                              status="submitted", queue=backend.name)
+
+        if force:
+            record, created = db.create(key, make_record, files={"payload.pkl": payload}), True
+        else:
+            record, created = db.get_or_create(key, make_record, files={"payload.pkl": payload})
+        if not created:
+            return None
+        _say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
+             f"MPI ranks, {backend.name})")
+        files = JobFiles(db.job_dir(record))
+        _, info = _jobs.launch(files, backend, run_ids(options.N_runs), options.N_tasks,
+                               dict(options.queue_options))
+        db.update(record.job_name, status="running", queue=backend.name,
+                  queue_job_id=str(info.get("job_id", info.get("pid"))))
+        return record
+
+    def _state(self, db: JobDatabase, record: JobRecord) -> tuple[JobFiles, _jobs.JobState]:
+        files = JobFiles(db.job_dir(record))
+        backend = _jobs.backend_for(record.queue or "local")
+        submitted = _timestamp(record.submitted_at)
+        state = _jobs.read_state(files, backend, run_ids(self._options.N_runs),
+                                 cancelled=record.status == "cancelled", submitted_at=submitted)
+        counts = dict(n_successful=len(state.successful), n_failed=len(state.failed), n_not_ready=len(state.missing))
+        status = "cancelled" if record.status == "cancelled" else state.status
+        if status != record.status or any(getattr(record, k) != v for k, v in counts.items()):
+            db.update(record.job_name, status=status, **counts)
+        return files, state
+
+    def _result(self, db: JobDatabase, record: JobRecord, quiet: bool = False) -> Any:
+        files, state = self._state(db, record)
+        if not quiet:
+            _jobs.report(state, record.job_name)
+        return _jobs.build_result(files, state, record.job_name, self._options.average, self._options.keep_runs)
+
+    def _existing(self, db: JobDatabase, key: Any, action: str) -> JobRecord:
+        record = db.lookup(key)
+        if record is None:
+            closest = db.closest(key)
+            hint = "; closest stored calls: " + ", ".join(r.call for r in closest) if closest else ""
+            raise NoJobError(
+                f"{action}: no job for {key.describe()} in {Path(self._options.path).resolve()}/.parallelaverage"
+                f"{hint}. Call it without @{action} to submit it."
+            )
+        return record
+
+    # ----------------------------------------------------------------- actions
+    def _call(self, action: str, args: tuple, kwargs: dict) -> Any:
+        key = self._key(args, kwargs)
+        db = self._database()
+        if action == "do_submit":
+            self._submit(db, key, args, kwargs, force=True)
+            return None
+        if action in ("auto", "wait"):
+            record = db.lookup(key)
+            if record is None:
+                record = self._submit(db, key, args, kwargs, force=False) or db.lookup(key)
+                if action == "auto":
+                    return None
+        else:
+            record = self._existing(db, key, action)
+        if record.code_hash != code_hash(self._function):
+            warnings.warn(
+                f"{PREFIX} the code of {self._function.__qualname__} changed since job {record.job_name} "
+                "was submitted; returning the stored result. Use @do_submit to run the new code.",
+                _jobs.CodeChangedWarning, stacklevel=3,
+            )
+        if action in ("auto", "dont_submit"):
+            return self._result(db, record)
+        if action == "wait":
+            return self._wait(db, record)
+        if action == "re_submit":
+            return self._re_submit(db, record)
+        if action == "cancel_job":
+            return self._cancel(db, record)
+        if action == "print_job_output":
+            return _print_output(JobFiles(db.job_dir(record)))
+        raise ValueError(f"unknown action {action!r}")
+
+    def _wait(self, db: JobDatabase, record: JobRecord, poll_s: float = 0.01, max_poll_s: float = 1.0) -> Any:
+        total = self._options.total_runs
+        bar = ProgressBar(total, label=record.job_name)
+        while True:
+            files, state = self._state(db, record)
+            bar.update(len(state.successful), len(state.failed))
+            if state.status != "running":
+                break
+            time.sleep(poll_s)
+            poll_s = min(max_poll_s, poll_s * 1.5)
+        bar.close()
+        return self._result(db, db.load(record.job_name))
+
+    def _re_submit(self, db: JobDatabase, record: JobRecord) -> None:
+        files, state = self._state(db, record)
+        if state.status == "running":
+            warnings.warn(f"{PREFIX} job {record.job_name} is still running; wait for it or cancel_job it first",
+                          _jobs.NotReadyWarning, stacklevel=3)
+            return None
+        runs = state.missing + [run for run in state.all_runs if run in state.failed]
+        if not runs:
+            _say(f"job {record.job_name} has no missing or failed runs; nothing to re-submit")
+            return None
+        backend = _jobs.backend_for(record.queue or "local")
+        _say(f"re-submitting {len(runs)} runs of job {record.job_name} on "
+             f"{min(self._options.N_tasks, len(runs))} MPI ranks, {backend.name}")
+        _, info = _jobs.launch(files, backend, runs, self._options.N_tasks, dict(self._options.queue_options))
+        db.update(record.job_name, status="running", queue_job_id=str(info.get("job_id", info.get("pid"))))
+        return None
+
+    def _cancel(self, db: JobDatabase, record: JobRecord) -> None:
+        files = JobFiles(db.job_dir(record))
+        backend = _jobs.backend_for(record.queue or "local")
+        for attempt in files.attempts():
+            try:
+                info = json.loads(files.launch(attempt).read_bytes())
+            except (OSError, ValueError):
+                continue
+            backend.cancel(files, attempt, info)
+        db.update(record.job_name, status="cancelled")
+        _say(f"cancelled job {record.job_name}")
+        return None
+
+
+def _timestamp(iso: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _print_output(files: JobFiles) -> None:
+    for attempt in files.attempts():
+        for path in (files.stdout(attempt), files.stderr(attempt)):
+            text = path.read_text(errors="replace") if path.exists() else ""
+            print(f"----- {path} -----")
+            print(text, end="" if text.endswith("\n") or not text else "\n")
+
+
+# ------------------------------------------------------------------ decorators
+def parallel(N_runs: int | tuple[int, ...], N_tasks: int, **options: Any) -> Callable[[Callable[..., Any]], ParallelFunction]:
+    """Run a function ``N_runs`` times on ``N_tasks`` MPI ranks and keep every output.
+
+    The first call with some arguments submits a job and returns None; later calls
+    return a mapping run id -> output (the finished runs so far, warning about the
+    others). Options of parallelaverage: ``encoding`` ("pickle" or "json"), ``path``,
+    ``queuing_system`` ("auto", "local", "slurm"), ``seed``, ``dynamic_load_balancing``,
+    ``pickle_by_value``; every other keyword goes to the queuing system (SLURM's
+    ``time``, ``mem``, ...).
+
+    Raises:
+        TypeError, ValueError: an invalid option, at decoration time.
+    """
+    parsed = parse_options(N_runs, N_tasks, average=None, keep_runs=True, options=options)
+    return lambda function: ParallelFunction(function, parsed)
+
+
+def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_results: Any = "all",
+                     keep_runs: bool = False, **options: Any) -> Callable[[Callable[..., Any]], ParallelFunction]:
+    """Run a function ``N_runs`` times on ``N_tasks`` MPI ranks and average its outputs.
+
+    Later calls return an ``AveragedResult`` (mean, estimated error and variance of the
+    runs finished so far); a function returning a tuple gets a tuple of results.
+    ``average_results`` names the tuple elements to average ("all" by default; the
+    others are kept from the last run). ``keep_runs=True`` also keeps every output.
+    Other options as for :func:`parallel`.
+
+    Raises:
+        TypeError, ValueError: an invalid option, at decoration time.
+    """
+    parsed = parse_options(N_runs, N_tasks, average=average_results, keep_runs=keep_runs, options=options)
+    return lambda function: ParallelFunction(function, parsed)
+
+
+class _Action:
+    """A decorated function with an action applied: calling it performs the action."""
+
+    def __init__(self, target: Any, action: str) -> None:
+        while isinstance(target, _Action):
+            target = target._target
+        if not isinstance(target, ParallelFunction):
+            raise TypeError(f"@{action} applies to a function decorated with @parallel or "
+                            f"@parallel_average, not to {target!r}")
+        functools.update_wrapper(self, target._function)
+        self._target, self._action = target, action
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target._call(self._action, args, kwargs)
+
+
+def _action(name: str, doc: str) -> Callable[[Any], _Action]:
+    def decorator(function: Any) -> _Action:
+        return _Action(function, name)
+
+    decorator.__name__ = decorator.__qualname__ = name
+    decorator.__doc__ = doc
+    return decorator
+
+
+do_submit = _action("do_submit", "Submit a new job for the call even if one exists.")
+dont_submit = _action("dont_submit", "Only load the call's job; raise NoJobError (listing the closest calls) if none.")
+re_submit = _action("re_submit", "Run again only the failed and missing runs of the call's job, merging into it.")
+cancel_job = _action("cancel_job", "Cancel the call's job and every process it started.")
+print_job_output = _action("print_job_output", "Print the standard output and error of the call's job.")
+wait = _action("wait", "Block until the call's job is complete (submitting it if needed); return its result.")
+
+
+def load_job(job_name: str, path: str = ".") -> Any:
+    """The result of a stored job by its name (``"3_simulate"``), without the function."""
+    db = JobDatabase(path)
+    record = db.load(job_name)
+    files = JobFiles(db.job_dir(record))
+    average = record.options.get("average")
+    backend = _jobs.backend_for(record.queue or "local")
+    all_runs = run_ids(tuple(record.N_runs) if isinstance(record.N_runs, list) else record.N_runs)
+    state = _jobs.read_state(files, backend, all_runs, cancelled=record.status == "cancelled")
+    _jobs.report(state, job_name)
+    average = tuple(average) if isinstance(average, list) else average
+    return _jobs.build_result(files, state, job_name, average, bool(record.options.get("keep_runs")))

@@ -1,0 +1,169 @@
+"""The decorator's options: ours are validated here, the rest go to the queuing system.
+
+Validation happens at decoration time, on the submitting machine, with errors that
+name the fix (never ``assert``: those vanish under ``python -O``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import os
+import shutil
+import types
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["JobOptions", "parse_options", "run_ids"]
+
+QUEUING_SYSTEMS = ("auto", "local", "slurm")
+ENCODINGS = ("pickle", "json")
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Validated options of one decorated function."""
+
+    N_runs: int | tuple[int, ...]
+    N_tasks: int
+    average: Any  # None: keep outputs only (@parallel); "all" or a tuple of element indices
+    keep_runs: bool
+    dynamic_load_balancing: bool
+    encoding: str
+    path: str
+    queuing_system: str
+    seed: int | None
+    pickle_by_value: tuple[types.ModuleType, ...]
+    queue_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_runs(self) -> int:
+        return self.N_runs if isinstance(self.N_runs, int) else math.prod(self.N_runs)
+
+    def resolved_queuing_system(self) -> str:
+        """``auto`` becomes ``slurm`` when ``sbatch`` is on PATH (and the backend ships), else ``local``."""
+        if self.queuing_system != "auto":
+            return self.queuing_system
+        return "slurm" if _slurm_backend_available() and shutil.which("sbatch") else "local"
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as JSON for the job record."""
+        return {
+            "N_tasks": self.N_tasks, "keep_runs": self.keep_runs,
+            "dynamic_load_balancing": self.dynamic_load_balancing, "encoding": self.encoding,
+            "queuing_system": self.queuing_system, "seed": self.seed,
+            "queue_options": dict(self.queue_options),
+        }
+
+
+def _slurm_backend_available() -> bool:
+    return importlib.util.find_spec("parallelaverage.backends.slurm") is not None
+
+
+def run_ids(N_runs: int | tuple[int, ...]) -> list[Any]:
+    """All run ids of a job: ``0..N-1``, or index tuples for a tuple ``N_runs``."""
+    if isinstance(N_runs, int):
+        return list(range(N_runs))
+    return list(itertools.product(*(range(n) for n in N_runs)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_n_runs(N_runs: Any) -> int | tuple[int, ...]:
+    if _is_int(N_runs):
+        if N_runs < 1:
+            raise ValueError(f"N_runs={N_runs}: must be at least 1 (the number of runs to average over)")
+        return N_runs
+    if isinstance(N_runs, (tuple, list)) and N_runs and all(_is_int(n) for n in N_runs):
+        if any(n < 1 for n in N_runs):
+            raise ValueError(f"N_runs={tuple(N_runs)}: every dimension must be at least 1")
+        return tuple(N_runs)
+    raise TypeError(
+        f"N_runs={N_runs!r}: must be a positive int, or a tuple of positive ints for index-tuple run ids"
+    )
+
+
+def _check_average(value: Any) -> Any:
+    if value == "all":
+        return "all"
+    indices = (value,) if _is_int(value) else value
+    if isinstance(indices, (tuple, list)) and indices and all(_is_int(i) and i >= 0 for i in indices):
+        return tuple(sorted(set(indices)))
+    raise ValueError(
+        f"average_results={value!r}: must be 'all' or the index (or list of indices) of the "
+        "tuple elements to average"
+    )
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: must be True or False")
+    return value
+
+
+def check_queue_value(name: str, value: Any) -> None:
+    """Queue options are scalars without control characters (they become script lines)."""
+    if not isinstance(value, (str, int, float)):
+        raise TypeError(f"{name}={value!r}: queue options must be strings or numbers")
+    text = str(value)
+    if any(c in _CONTROL for c in text):
+        raise ValueError(
+            f"{name}={text!r}: contains a newline or control character, which would inject "
+            "lines into the job script; pass a single-line value"
+        )
+
+
+def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
+                  options: Mapping[str, Any]) -> JobOptions:
+    """Validate the decorator's arguments; unknown keywords are queue options.
+
+    Raises:
+        TypeError, ValueError: with the option's name, the bad value and the fix.
+    """
+    n_runs = _check_n_runs(N_runs)
+    total = n_runs if isinstance(n_runs, int) else math.prod(n_runs)
+    if not _is_int(N_tasks):
+        raise TypeError(f"N_tasks={N_tasks!r}: must be a positive int (the number of MPI ranks)")
+    if not 1 <= N_tasks <= total:
+        raise ValueError(f"N_tasks={N_tasks}: must be between 1 and the number of runs ({total})")
+    options = dict(options)
+    dynamic = _check_bool("dynamic_load_balancing", options.pop("dynamic_load_balancing", True))
+    encoding = options.pop("encoding", "pickle")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding={encoding!r}: must be one of {', '.join(map(repr, ENCODINGS))}")
+    queuing_system = options.pop("queuing_system", "auto")
+    if queuing_system not in QUEUING_SYSTEMS:
+        raise ValueError(
+            f"queuing_system={queuing_system!r}: must be one of {', '.join(map(repr, QUEUING_SYSTEMS))}"
+        )
+    if queuing_system == "slurm" and not _slurm_backend_available():
+        raise ValueError(
+            "queuing_system='slurm': this version of parallelaverage has no SLURM backend yet; "
+            "use queuing_system='local' (or 'auto')"
+        )
+    path = options.pop("path", ".")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path={path!r}: must be a directory path")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"path={path!r}: no such directory; create it or pass an existing one")
+    seed = options.pop("seed", None)
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        raise ValueError(f"seed={seed!r}: must be a non-negative int or None")
+    by_value = options.pop("pickle_by_value", ())
+    by_value = tuple(by_value) if isinstance(by_value, (list, tuple)) else (by_value,)
+    for module in by_value:
+        if not isinstance(module, types.ModuleType):
+            raise TypeError(f"pickle_by_value: {module!r} is not a module; pass imported modules")
+    for name, value in options.items():
+        check_queue_value(name, value)
+    return JobOptions(
+        N_runs=n_runs, N_tasks=N_tasks, average=None if average is None else _check_average(average),
+        keep_runs=_check_bool("keep_runs", keep_runs), dynamic_load_balancing=dynamic,
+        encoding=encoding, path=path, queuing_system=queuing_system, seed=seed,
+        pickle_by_value=by_value, queue_options=options,
+    )

@@ -1,0 +1,136 @@
+"""The call index: one small file per call key naming its job, and the job counter.
+
+``index/<digest[:2]>/<digest>.json`` holds::
+
+    {
+      "call": "simulate(L=64, T=2.5) [N_runs=100]",
+      "function": "__main__.simulate",
+      "job_name": "12_simulate",
+      "key_digest": "4be1...",
+      "schema_version": 1,
+      "written_at": "2026-05-09T07:35:25.123456+00:00"
+    }
+
+Only ``key_digest`` and ``job_name`` are used; the rest is for people browsing
+the folder. One file per key makes a lookup a single small read and a new entry
+a single small write, whatever the number of jobs, and keeps one key's entry
+from ever damaging another's. The two-hex-digit fan-out keeps directories small
+(about 40 entries each at 10,000 jobs).
+
+``next_index`` holds the next job number as text (``"13"``). It only makes job
+names readable and ordered; uniqueness of job folders comes from the rename that
+creates them (see :mod:`.database`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .atomic import atomic_write_bytes, atomic_write_json, read_json
+from .errors import CorruptFileError
+from .keys import CallKey
+from .records import JOB_NAME_PATTERN, SCHEMA_VERSION, check_schema_version, utc_now
+
+__all__ = ["INDEX_DIRNAME", "COUNTER_FILENAME", "entry_path", "read_entry", "write_entry", "read_counter", "write_counter"]
+
+INDEX_DIRNAME = "index"
+COUNTER_FILENAME = "next_index"
+
+
+def entry_path(root: Path, digest: str) -> Path:
+    """The index file of a key digest.
+
+    Args:
+        root: The database folder (``<path>/.parallelaverage``).
+        digest: :attr:`CallKey.digest`.
+
+    Returns:
+        ``root/index/<digest[:2]>/<digest>.json``.
+    """
+    return root / INDEX_DIRNAME / digest[:2] / f"{digest}.json"
+
+
+def read_entry(path: Path, digest: str) -> str:
+    """The job name an index file names.
+
+    Args:
+        path: The index file, from :func:`entry_path`.
+        digest: The key digest it must belong to.
+
+    Returns:
+        The job name, e.g. ``"12_simulate"``.
+
+    Raises:
+        FileNotFoundError: No entry for this key.
+        CorruptFileError: The file is not an index entry for ``digest``.
+    """
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, f"expected a JSON object (an index entry), found {type(data).__name__}")
+    check_schema_version(data, path, what="index entry")
+    if data.get("key_digest") != digest:
+        raise CorruptFileError(path, f"holds the entry of key {data.get('key_digest')!r}, not of {digest}")
+    job_name = data.get("job_name")
+    if not isinstance(job_name, str) or not JOB_NAME_PATTERN.fullmatch(job_name):
+        raise CorruptFileError(path, f"job_name {job_name!r} is not a job name such as '12_simulate'")
+    return job_name
+
+
+def write_entry(root: Path, key: CallKey, job_name: str, *, dir_mode: int) -> None:
+    """Point ``key`` at ``job_name``, replacing any previous entry atomically.
+
+    Args:
+        root: The database folder.
+        key: The call.
+        job_name: Its job.
+        dir_mode: Mode of a fan-out directory if it must be created.
+    """
+    path = entry_path(root, key.digest)
+    if not path.parent.is_dir():
+        os.makedirs(path.parent, mode=dir_mode, exist_ok=True)
+    atomic_write_json(
+        path,
+        {
+            "schema_version": SCHEMA_VERSION,
+            "key_digest": key.digest,
+            "job_name": job_name,
+            "function": key.function,
+            "call": key.describe(),
+            "written_at": utc_now(),
+        },
+    )
+
+
+def read_counter(root: Path) -> int:
+    """The next job number (call it under the database lock).
+
+    Args:
+        root: The database folder.
+
+    Returns:
+        The number in ``next_index``; if that file is missing (a new database, or
+        someone deleted it), one more than the highest job folder number.
+
+    Raises:
+        CorruptFileError: ``next_index`` holds something other than a positive integer.
+    """
+    counter = root / COUNTER_FILENAME
+    try:
+        text = counter.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        indices = [int(match.group(1)) for name in os.listdir(root) if (match := JOB_NAME_PATTERN.fullmatch(name))]
+        return max(indices, default=0) + 1
+    if not text.isdigit() or int(text) < 1:
+        raise CorruptFileError(counter, f"expected a positive integer, found {text[:40]!r}")
+    return int(text)
+
+
+def write_counter(root: Path, next_index: int) -> None:
+    """Store the next job number.
+
+    Args:
+        root: The database folder.
+        next_index: The number the next job will get.
+    """
+    atomic_write_bytes(root / COUNTER_FILENAME, f"{next_index}\n".encode())

@@ -1,0 +1,335 @@
+"""The seed's workflow end to end, through real mpiexec processes and real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import parallelaverage as pa
+from parallelaverage import (
+    JobEndedWarning,
+    NoJobError,
+    NotReadyWarning,
+    RunsFailedWarning,
+    WeightedSample,
+    cancel_job,
+    do_submit,
+    dont_submit,
+    parallel,
+    parallel_average,
+    re_submit,
+    wait,
+)
+
+THIS = sys.modules[__name__]
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every live process below it, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    tree = [pid] if pid in parents else []
+    for child, parent in parents.items():
+        if parent == pid:
+            tree += process_tree(child)
+    return tree
+
+
+def launch_pid(path, job_name: str, attempt: int = 1) -> int:
+    launch = (path / ".parallelaverage" / job_name / "attempts" / str(attempt) / "launch.json").read_text()
+    return int(json.loads(launch)["pid"])
+
+
+def jobs_in(path) -> list[str]:
+    root = path / ".parallelaverage"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0].isdigit())
+
+
+def settle(function, *args, timeout_s: float = 60, **kwargs):
+    """Call until the job is no longer running; return the last result."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = dont_submit(function)(*args, **kwargs)
+        if not any(issubclass(w.category, NotReadyWarning) for w in caught):
+            return result, caught
+        time.sleep(0.05)
+    raise TimeoutError("job did not finish")
+
+
+def test_the_seed_example(tmp_path, capsys):
+    @parallel(N_runs=10, N_tasks=5, time="00:02:00", mem="1G", path=tmp_path, pickle_by_value=[THIS])
+    def my_function(L):
+        return np.random.rand(L)
+
+    assert my_function(L=64) is None
+    assert "[parallelaverage] submitting job 1_my_function (10 runs on 5 MPI ranks, local)" in capsys.readouterr().out
+    outputs = wait(my_function)(L=64)
+    assert len(outputs) == 10 and list(outputs) == list(range(10))
+    assert outputs[0].shape == (64,) and outputs[0].dtype == np.float64
+    assert len({float(outputs[i][0]) for i in outputs}) == 10  # every run its own output
+    # caching: the same call (positional or keyword) creates no job
+    again = my_function(64)
+    assert len(again) == 10 and np.array_equal(again[3], outputs[3])
+    assert jobs_in(tmp_path) == ["1_my_function"]
+    # different arguments: a new job
+    assert my_function(L=8) is None
+    assert jobs_in(tmp_path) == ["1_my_function", "2_my_function"]
+    assert wait(my_function)(L=8)[9].shape == (8,)
+    # do_submit: a new job for a known call
+    assert do_submit(my_function)(L=64) is None
+    assert len(jobs_in(tmp_path)) == 3
+    assert len(wait(my_function)(L=64)) == 10
+
+
+def test_average_run_id_rng_and_recorded_queue_options(tmp_path):
+    @parallel_average(N_runs=200, N_tasks=3, seed=7, path=tmp_path, pickle_by_value=[THIS], partition="debug")
+    def noisy(offset):
+        return offset + pa.rng().standard_normal(4) + 0 * pa.run_id()
+
+    result = wait(noisy)(1e9)
+    expected = pa.Welford()
+    for run in range(200):
+        expected.add(1e9 + np.random.default_rng(np.random.SeedSequence(7, spawn_key=(run,))).standard_normal(4))
+    assert isinstance(result, pa.AveragedResult) and result.successful_run_ids == list(range(200))
+    assert np.allclose(result.data, expected.mean, rtol=1e-15, atol=0)
+    assert np.allclose(result.estimated_variance, expected.variance, rtol=1e-12)
+    assert np.allclose(result.estimated_error, expected.sem, rtol=1e-12)
+    assert np.allclose(result - 1e9, expected.mean - 1e9) and result[0] == result.data[0]
+    assert np.asarray(result).shape == (4,) and result.failed_run_ids == []
+    record = next((tmp_path / ".parallelaverage").glob("1_noisy/job.json")).read_text()
+    assert '"partition": "debug"' in record and '"status": "completed"' in record
+
+
+def test_run_ids_are_visible_inside_runs(tmp_path):
+    @parallel(N_runs=(2, 3), N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    def which():
+        return (pa.run_id(), os.environ["RUN_ID"])
+
+    outputs = wait(which)()
+    assert list(outputs) == [(i, j) for i in range(2) for j in range(3)]
+    assert all(outputs[run] == (run, str(run)) for run in outputs)
+
+
+def test_tuple_returns_and_partial_averaging(tmp_path):
+    @parallel_average(N_runs=20, N_tasks=2, average_results=[0, 1], path=tmp_path, pickle_by_value=[THIS])
+    def several():
+        return np.full(3, float(pa.run_id())), pa.run_id() ** 2, "label"
+
+    first, second, label = wait(several)()
+    assert np.allclose(first.data, 9.5) and np.isclose(second.data, np.mean(np.arange(20) ** 2))
+    assert np.isclose(second.estimated_variance, np.var(np.arange(20) ** 2, ddof=1))
+    assert label == "label"
+
+
+def test_weighted_samples(tmp_path):
+    @parallel_average(N_runs=30, N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    def weighted():
+        run = pa.run_id()
+        return WeightedSample(np.array([run, 2.0 * run]), weight=1.0 + run % 3)
+
+    result = wait(weighted)()
+    runs = np.arange(30)
+    weights = 1.0 + runs % 3
+    assert np.allclose(result.data, [np.average(runs, weights=weights), 2 * np.average(runs, weights=weights)])
+    m2 = np.sum(weights * (runs - np.average(runs, weights=weights)) ** 2)
+    assert np.isclose(result.estimated_variance[0], 30 / 29 * m2 / weights.sum())
+
+
+@pytest.mark.parametrize("encoding", ["pickle", "json"])
+def test_encodings_round_trip_outputs(tmp_path, encoding):
+    @parallel(N_runs=6, N_tasks=2, encoding=encoding, path=tmp_path, pickle_by_value=[THIS])
+    def varied():
+        run = pa.run_id()
+        return {"run": run, "array": np.arange(run, dtype=np.int32), "z": 1j * run, "pair": (run, "x")}
+
+    outputs = wait(varied)()
+    assert (tmp_path / ".parallelaverage/1_varied/attempts/1").glob(f"outputs-r*.{'jsonl' if encoding == 'json' else 'pkl'}")
+    for run in range(6):
+        out = outputs[run]
+        assert out["run"] == run and out["z"] == 1j * run and tuple(out["pair"]) == (run, "x")
+        assert np.array_equal(out["array"], np.arange(run)) and out["array"].dtype == np.int32
+
+
+def test_keep_runs_with_averaging(tmp_path):
+    @parallel_average(N_runs=8, N_tasks=2, keep_runs=True, path=tmp_path, pickle_by_value=[THIS])
+    def kept():
+        return float(pa.run_id())
+
+    result = wait(kept)()
+    assert result.data == 3.5 and dict(result.runs) == {i: float(i) for i in range(8)}
+
+
+def test_failed_runs_are_reported_and_re_submitted(tmp_path):
+    marker = tmp_path / "fail-once"
+    marker.write_text("")
+
+    @parallel_average(N_runs=12, N_tasks=3, path=tmp_path, pickle_by_value=[THIS])
+    def flaky(marker_path):
+        if pa.run_id() in (3, 7) and os.path.exists(marker_path):
+            raise RuntimeError(f"run {pa.run_id()} broke")
+        return float(pa.run_id())
+
+    with pytest.warns(RunsFailedWarning, match=r"(?s)2 / 12 runs failed; the first error:\n.*in flaky.*RuntimeError: run \d broke"):
+        partial = wait(flaky)(str(marker))
+    assert partial.failed_run_ids == [3, 7] and len(partial.successful_run_ids) == 10
+    marker.unlink()
+    assert re_submit(flaky)(str(marker)) is None
+    result = wait(flaky)(str(marker))
+    assert result.successful_run_ids == list(range(12)) and result.failed_run_ids == []
+    assert result.data == 5.5 and np.isclose(result.estimated_variance, np.var(np.arange(12.0), ddof=1))
+
+
+def test_unaverageable_outputs_fail_with_a_clear_message(tmp_path):
+    @parallel_average(N_runs=4, N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    def mixed():
+        return "text" if pa.run_id() == 2 else float(pa.run_id())
+
+    with pytest.warns(RunsFailedWarning, match="returned str 'text', which cannot be averaged.*@parallel"):
+        result = wait(mixed)()
+    assert result.successful_run_ids == [0, 1, 3] and result.data == pytest.approx(4 / 3)
+
+
+def test_dont_submit_an_unknown_call_lists_the_closest(tmp_path):
+    @parallel(N_runs=2, N_tasks=1, path=tmp_path, pickle_by_value=[THIS])
+    def known(L):
+        return L
+
+    wait(known)(L=64)
+    with pytest.raises(NoJobError, match=r"no job for .*known\(L=65\).*closest stored calls: .*known\(L=64\)"):
+        dont_submit(known)(L=65)
+    assert jobs_in(tmp_path) == ["1_known"]
+
+
+def test_partial_results_while_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "0")
+    go = tmp_path / "go"
+
+    @parallel_average(N_runs=20, N_tasks=2, dynamic_load_balancing=False, path=tmp_path, pickle_by_value=[THIS])
+    def gated(go_path):
+        if pa.run_id() >= 10:
+            while not os.path.exists(go_path):
+                time.sleep(0.01)
+        return float(pa.run_id())
+
+    gated(str(go))
+    deadline = time.monotonic() + 30
+    while True:  # static split: each rank finishes its 5 quick runs, then waits at the gate
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            partial = gated(str(go))
+        if partial is not None and len(partial.successful_run_ids) == 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert partial.successful_run_ids == list(range(10)) and partial.data == 4.5
+    assert any("10 / 20 runs are not ready yet!" in str(w.message) for w in caught)
+    go.write_text("")
+    result, caught = settle(gated, str(go))
+    assert result.successful_run_ids == list(range(20)) and not caught
+
+
+def test_cancel_a_running_job_and_report_it_ended(tmp_path):
+    @parallel_average(N_runs=4, N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    def slow():
+        time.sleep(60)
+        return 1.0
+
+    slow()
+    time.sleep(0.5)
+    tree = process_tree(launch_pid(tmp_path, "1_slow"))
+    assert len(tree) >= 4  # wrapper, mpiexec, proxy, 2 ranks
+    assert cancel_job(slow)() is None
+    assert not [pid for pid in tree if process_tree(pid)], "processes of the cancelled job survive"
+    with pytest.warns(JobEndedWarning, match="job was cancelled with 4 of 4 runs missing; use re_submit"):
+        assert slow() is None
+    assert '"status": "cancelled"' in (tmp_path / ".parallelaverage/1_slow/job.json").read_text()
+
+
+def test_killed_job_is_reported_as_ended_not_running(tmp_path):
+    @parallel(N_runs=3, N_tasks=1, path=tmp_path, pickle_by_value=[THIS])
+    def stuck():
+        time.sleep(60)
+
+    stuck()
+    time.sleep(0.5)
+    for pid in process_tree(launch_pid(tmp_path, "1_stuck")):  # the whole job, as a node failure would
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stuck()
+        messages = [str(w.message) for w in caught]
+        if any("job ended with 3 of 3 runs missing; use re_submit" in m for m in messages):
+            break
+        assert time.monotonic() < deadline, messages
+        time.sleep(0.1)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from parallelaverage import parallel_average, wait
+
+    SCALE = 3.0  # a global of a notebook-style __main__ function
+
+    @parallel_average(N_runs=10, N_tasks=2, path=sys.argv[1])
+    def scaled(x):
+        return SCALE * x
+
+    {action}
+""")
+
+
+def test_notebook_style_function_using_globals(tmp_path):
+    script = SCRIPT.format(action="print('RESULT', float(wait(scaled)(2.0).data))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RESULT 6.0" in done.stdout
+
+
+def test_job_completes_after_the_caller_exits(tmp_path):
+    script = SCRIPT.format(action="scaled(5.0)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "submitting job 1_scaled" in done.stdout, done.stderr
+    check = SCRIPT.format(action="print('RESULT', float(wait(scaled)(5.0).data))")
+    done = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert "RESULT 15.0" in done.stdout and "submitting" not in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(N_runs=0, N_tasks=1), ValueError, "N_runs=0: must be at least 1"),
+    (dict(N_runs=-3, N_tasks=1), ValueError, "N_runs=-3"),
+    (dict(N_runs=2.5, N_tasks=1), TypeError, "N_runs=2.5"),
+    (dict(N_runs=(2, 0), N_tasks=1), ValueError, "every dimension must be at least 1"),
+    (dict(N_runs=4, N_tasks=0), ValueError, "N_tasks=0: must be between 1 and the number of runs"),
+    (dict(N_runs=4, N_tasks=5), ValueError, "N_tasks=5"),
+    (dict(N_runs=4, N_tasks=2, queuing_system="pbs"), ValueError, "queuing_system='pbs'"),
+    (dict(N_runs=4, N_tasks=2, encoding="xml"), ValueError, "encoding='xml'"),
+    (dict(N_runs=4, N_tasks=2, time="1:00\n#SBATCH --x"), ValueError, "newline or control character"),
+    (dict(N_runs=4, N_tasks=2, path="/no/such/dir"), ValueError, "no such directory"),
+    (dict(N_runs=4, N_tasks=2, average_results="some"), ValueError, "average_results='some'"),
+    (dict(N_runs=4, N_tasks=2, keep_runs="yes"), TypeError, "keep_runs='yes'"),
+])
+def test_bad_options_fail_at_decoration_time(options, error, message):
+    decorator = parallel_average if "average_results" in options or "keep_runs" in options else parallel
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        decorator(**options)

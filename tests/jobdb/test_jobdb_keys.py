@@ -1,0 +1,254 @@
+"""Call identity: which calls share a job, and which arguments cannot be stored."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jobdb_helpers import run_python, simulate
+
+from parallelaverage.jobdb import call_key, code_hash
+
+
+def key(*args, N_runs=10, average_results="all", **kwargs):
+    return call_key(simulate, args, kwargs, N_runs=N_runs, average_results=average_results)
+
+
+def test_positional_keyword_and_defaults_are_one_call():
+    reference = key(64)
+    assert key(L=64) == reference
+    assert key(64, 2.5) == reference
+    assert key(64, T=2.5, seed=None) == reference
+    assert key(T=2.5, L=64) == reference
+    assert reference.digest == key(64).digest and len(reference.digest) == 64
+    assert reference.call == "simulate(L=64, T=2.5, seed=None)"
+
+
+def test_a_different_argument_or_run_option_is_another_call():
+    reference = key(64)
+    assert key(65) != reference
+    assert key(64, T=2.6) != reference
+    assert key(64, seed=1) != reference
+    assert key(64, N_runs=11) != reference
+    assert key(64, average_results="keep") != reference
+    assert key(64, average_results=[0]) != reference
+    assert key(64, N_runs=(2, 5)) != reference
+
+
+def test_types_are_part_of_the_key_deterministically():
+    keys = [key(1), key(1.0), key(True), key(np.int64(1)), key(np.float64(1.0))]
+    assert len({k.digest for k in keys}) == len(keys)
+    assert key((1, 2)) != key([1, 2])
+    assert key(float("nan")) == key(float("nan"))
+
+
+def test_varargs_and_kwargs_are_bound():
+    def f(a, *rest, flag=False, **extra):
+        return a
+
+    def k(*args, **kwargs):
+        return call_key(f, args, kwargs, N_runs=1)
+
+    assert k(1, 2, 3, x=1, y=2) == k(1, 2, 3, y=2, x=1)
+    assert k(1, 2, 3) != k(1, 3, 2)
+    assert k(1) == k(a=1, flag=False)
+    assert k(1, 2, z=3).call == "f(a=1, *(2,), flag=False, **{'z': 3})"
+    assert k(1).call == "f(a=1, flag=False)"
+
+
+def test_dict_and_set_order_do_not_matter():
+    assert key({"a": 1, "b": [1, 2]}) == key({"b": [1, 2], "a": 1})
+    assert key({3, 1, 2}) == key({1, 2, 3})
+    assert key({1: "x", "1": "y"}) == key({"1": "y", 1: "x"})
+    assert key({"a": 1}) != key(OrderedDict(a=1))  # subclasses are keyed with their type
+
+
+def test_arrays_by_content_dtype_and_shape():
+    a = np.arange(12.0)
+    assert key(a) == key(a.copy())
+    assert key(a.reshape(3, 4)) != key(a)
+    assert key(a.astype(np.float32)) != key(a)
+    changed = a.copy()
+    changed[5] += 1e-12
+    assert key(changed) != key(a)
+    strided = np.arange(24.0)[::2]
+    assert key(strided) == key(np.ascontiguousarray(strided))
+    assert key(np.asfortranarray(a.reshape(3, 4))) == key(a.reshape(3, 4))
+    assert key(a).arguments["L"] == "ndarray(shape=(12,), dtype=float64)"
+    # object arrays go through pickle, by content too
+    assert key(np.array([{"a": 1}, None], dtype=object)) == key(np.array([{"a": 1}, None], dtype=object))
+
+
+def test_numpy_scalars_by_dtype_and_value():
+    assert key(np.float32(0.5)) == key(np.float32(0.5))
+    assert key(np.float32(0.5)) != key(np.float64(0.5))
+    assert key(np.int8(3)) != key(np.int16(3))
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [(threading.Lock(), "cannot pickle '_thread.lock' object"), ((i for i in range(3)), "cannot pickle 'generator'")],
+    ids=["lock", "generator"],
+)
+def test_unpicklable_argument_names_the_argument(bad, reason):
+    with pytest.raises(TypeError) as info:
+        key(64, seed=bad)
+    message = str(info.value)
+    assert "argument 'seed' of simulate() cannot be stored" in message
+    assert reason in message
+    assert "pass something picklable" in message
+
+
+def test_unpicklable_element_inside_a_container_names_the_argument():
+    with pytest.raises(TypeError, match="argument 'T' of simulate"):
+        key(64, T={"options": [1, threading.Lock()]})
+
+
+def test_self_referencing_list_is_keyed_by_pickle():
+    loop = [1]
+    loop.append(loop)
+    assert key(loop) == key(loop)
+
+
+def test_lambdas_and_objects_are_keyed_by_pickle():
+    assert key(64, seed=functools.partial(max, 1)) == key(64, seed=functools.partial(max, 1))
+    assert key(64, seed=functools.partial(max, 1)) != key(64, seed=functools.partial(max, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"N_runs": 0}, ValueError, "N_runs=0: must be at least 1"),
+        ({"N_runs": -3}, ValueError, "N_runs=-3: must be at least 1"),
+        ({"N_runs": 2.0}, TypeError, "N_runs=2.0: must be an integer"),
+        ({"N_runs": True}, TypeError, "N_runs=True: must be an integer"),
+        ({"N_runs": 2, "average_results": "yes"}, TypeError, "average_results='yes'"),
+    ],
+)
+def test_run_options_are_checked(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        call_key(simulate, (1,), {}, **kwargs)
+
+
+def test_arguments_that_do_not_fit_the_signature():
+    with pytest.raises(TypeError, match=r"simulate\(L.*cannot be called with these arguments: missing"):
+        call_key(simulate, (), {}, N_runs=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        call_key(simulate, (1,), {"nope": 2}, N_runs=1)
+
+
+def test_methods_and_partials_include_their_bound_state():
+    class Model:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def run(self, x):
+            return x * self.scale
+
+    m1 = call_key(Model(1).run, (2,), {}, N_runs=1)
+    assert m1 == call_key(Model(1).run, (2,), {}, N_runs=1)
+    assert m1 != call_key(Model(5).run, (2,), {}, N_runs=1)
+    assert m1.call == "run(x=2)" and m1.function.endswith("Model.run")
+
+    class Unpicklable:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def run(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="the callable .*Unpicklable.run cannot be stored"):
+        call_key(Unpicklable().run, (2,), {}, N_runs=1)
+    p1 = call_key(functools.partial(simulate, T=1.0), (2,), {}, N_runs=1)
+    p2 = call_key(functools.partial(simulate, T=3.0), (2,), {}, N_runs=1)
+    assert p1 != p2
+    assert p1.function.endswith(".simulate") and p1.name == "simulate"
+
+
+def test_readable_form_is_small_and_truncated():
+    k = key("x" * 10_000, T=list(range(1000)))
+    assert len(k.arguments["L"]) <= 80 and "..." in k.arguments["L"]
+    assert len(k.arguments["T"]) <= 80
+    readable = k.readable()
+    assert readable["function"].endswith("jobdb_helpers.simulate")
+    assert readable["key_digest"] == k.digest and readable["N_runs"] == 10
+    assert key(64, N_runs=7).describe() == "simulate(L=64, T=2.5, seed=None) [N_runs=7]"
+
+
+def test_lambda_function_name_is_file_safe():
+    k = call_key(lambda x: x, (1,), {}, N_runs=1)
+    assert k.name == "_lambda_"
+
+
+def test_keys_do_not_depend_on_the_process_or_its_hash_seed():
+    code = (
+        "import numpy as np\n"
+        "from jobdb_helpers import simulate\n"
+        "from parallelaverage.jobdb import call_key\n"
+        "args = ({'b', 'a', 'c'}, {'z': 1, 'y': frozenset({'p', 'q'})})\n"
+        "print(call_key(simulate, args, {'seed': np.arange(5)}, N_runs=3).digest)\n"
+    )
+    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    digests = {
+        run_python(f"import sys; sys.path.insert(0, {tests_dir!r})\n" + code, PYTHONHASHSEED=seed).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    expected = call_key(
+        simulate, ({"b", "a", "c"}, {"z": 1, "y": frozenset({"p", "q"})}), {"seed": np.arange(5)}, N_runs=3
+    ).digest
+    assert digests == {expected}
+
+
+@settings(database=None)  # no .hypothesis folder in the repository
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=10,
+))
+def test_plain_data_keys_are_stable_and_copy_equal(value):
+    import copy
+
+    assert key(value) == key(copy.deepcopy(value))
+
+
+# ----------------------------------------------------------------- code_hash
+
+def _compile(source: str, name: str = "f"):
+    namespace: dict = {}
+    exec(compile(source, "<test>", "exec"), namespace)
+    return namespace[name]
+
+
+def test_code_hash_ignores_position_and_docstring_but_sees_edits():
+    base = _compile("def f(x):\n    return [y * 2 for y in range(x)]\n")
+    moved = _compile("\n\n\n# a comment\ndef f(x):\n    'Doc.'\n    return [y * 2 for y in range(x)]\n")
+    edited = _compile("def f(x):\n    return [y * 3 for y in range(x)]\n")
+    inner_edit = _compile("def f(x):\n    return [y * 2 for y in range(x + 1)]\n")
+    assert code_hash(base) == code_hash(moved)
+    assert code_hash(base) != code_hash(edited)
+    assert code_hash(base) != code_hash(inner_edit)
+
+
+def test_code_hash_of_nested_function_change():
+    a = _compile("def f():\n    def g():\n        return 1\n    return g\n")
+    b = _compile("def f():\n    def g():\n        return 2\n    return g\n")
+    assert code_hash(a) != code_hash(b)
+
+
+def test_code_hash_does_not_depend_on_the_hash_seed():
+    code = (
+        "from parallelaverage.jobdb import code_hash\n"
+        "def f(x):\n    return x in {'alpha', 'beta', 'gamma', 'delta'}\n"
+        "print(code_hash(f))\n"
+    )
+    assert len({run_python(code, PYTHONHASHSEED=seed).stdout for seed in ("1", "2", "3", "4")}) == 1
+
+
+def test_code_hash_of_other_callables():
+    assert code_hash(functools.partial(simulate, T=1.0)) == code_hash(simulate)
+    assert len(code_hash(max)) == 64
