@@ -82,7 +82,7 @@ def time_each(fn, items) -> list[float]:
 
 def baselines(folder: Path, reps: int) -> dict[str, float]:
     """Floors: one small-file read, one atomic small write."""
-    from parallelaverage.jobdb.atomic import atomic_write_bytes
+    from parallelaverage._atomic import atomic_write_bytes
 
     target = folder / "baseline.json"
     payload = b'{"job_name": "1_simulate"}\n' * 20

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from parallelaverage.jobdb.atomic import atomic_write_bytes
+from parallelaverage._atomic import atomic_write_bytes
 
 __all__ = [
     "JobFiles", "Progress", "OutputWriter", "OutputIndex",

@@ -19,7 +19,7 @@ import numpy as np
 
 from parallelaverage._jobfiles import JobFiles, OutputIndex, Progress, iter_snapshot_progress, read_pickle
 from parallelaverage.backends.base import Backend
-from parallelaverage.jobdb.atomic import atomic_write_bytes
+from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage.results import AveragedResult, RunOutputs
 
 __all__ = ["JobState", "launch", "read_state", "build_result", "backend_for", "JobWarning",

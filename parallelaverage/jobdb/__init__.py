@@ -9,7 +9,7 @@ creates a job, so a lock that fails costs duplicated work, never a corrupt file.
 This package imports only the standard library, numpy, cloudpickle and filelock.
 """
 
-from .atomic import atomic_write_bytes, atomic_write_json, read_json
+from parallelaverage._atomic import atomic_write_bytes, atomic_write_json, read_json
 from .database import JobDatabase, JobScan
 from .errors import CorruptFileError, JobNotFoundError, LockTimeoutError
 from .keys import CallKey, call_key, code_hash

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import index
-from .atomic import atomic_write_bytes, atomic_write_json, host_tag, read_json
+from parallelaverage._atomic import atomic_write_bytes, atomic_write_json, host_tag, read_json
 from .errors import CorruptFileError, JobNotFoundError
 from .keys import CallKey
 from .locks import DatabaseLock, use_soft_locks

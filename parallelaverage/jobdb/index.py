@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .atomic import atomic_write_bytes, atomic_write_json, read_json
+from parallelaverage._atomic import atomic_write_bytes, atomic_write_json, read_json
 from .errors import CorruptFileError
 from .keys import CallKey
 from .records import JOB_NAME_PATTERN, SCHEMA_VERSION, check_schema_version, utc_now

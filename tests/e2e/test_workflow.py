@@ -76,7 +76,7 @@ def settle(function, *args, timeout_s: float = 60, **kwargs):
 
 
 def test_the_seed_example(tmp_path, capsys):
-    @parallel(N_runs=10, N_tasks=5, time="00:02:00", mem="1G", path=tmp_path, pickle_by_value=[THIS])
+    @parallel(N_runs=10, N_tasks=5, time="00:02:00", mem="1G", queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def my_function(L):
         return np.random.rand(L)
 
@@ -101,7 +101,7 @@ def test_the_seed_example(tmp_path, capsys):
 
 
 def test_average_run_id_rng_and_recorded_queue_options(tmp_path):
-    @parallel_average(N_runs=200, N_tasks=3, seed=7, path=tmp_path, pickle_by_value=[THIS], partition="debug")
+    @parallel_average(N_runs=200, N_tasks=3, seed=7, queuing_system="local", path=tmp_path, pickle_by_value=[THIS], partition="debug")
     def noisy(offset):
         return offset + pa.rng().standard_normal(4) + 0 * pa.run_id()
 
@@ -130,7 +130,7 @@ def test_run_ids_are_visible_inside_runs(tmp_path):
 
 
 def test_tuple_returns_and_partial_averaging(tmp_path):
-    @parallel_average(N_runs=20, N_tasks=2, average_results=[0, 1], path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=20, N_tasks=2, average_results=[0, 1], queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def several():
         return np.full(3, float(pa.run_id())), pa.run_id() ** 2, "label"
 
@@ -141,7 +141,7 @@ def test_tuple_returns_and_partial_averaging(tmp_path):
 
 
 def test_weighted_samples(tmp_path):
-    @parallel_average(N_runs=30, N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=30, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def weighted():
         run = pa.run_id()
         return WeightedSample(np.array([run, 2.0 * run]), weight=1.0 + run % 3)
@@ -156,7 +156,7 @@ def test_weighted_samples(tmp_path):
 
 @pytest.mark.parametrize("encoding", ["pickle", "json"])
 def test_encodings_round_trip_outputs(tmp_path, encoding):
-    @parallel(N_runs=6, N_tasks=2, encoding=encoding, path=tmp_path, pickle_by_value=[THIS])
+    @parallel(N_runs=6, N_tasks=2, encoding=encoding, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def varied():
         run = pa.run_id()
         return {"run": run, "array": np.arange(run, dtype=np.int32), "z": 1j * run, "pair": (run, "x")}
@@ -170,7 +170,7 @@ def test_encodings_round_trip_outputs(tmp_path, encoding):
 
 
 def test_keep_runs_with_averaging(tmp_path):
-    @parallel_average(N_runs=8, N_tasks=2, keep_runs=True, path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=8, N_tasks=2, keep_runs=True, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def kept():
         return float(pa.run_id())
 
@@ -182,7 +182,7 @@ def test_failed_runs_are_reported_and_re_submitted(tmp_path):
     marker = tmp_path / "fail-once"
     marker.write_text("")
 
-    @parallel_average(N_runs=12, N_tasks=3, path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=12, N_tasks=3, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def flaky(marker_path):
         if pa.run_id() in (3, 7) and os.path.exists(marker_path):
             raise RuntimeError(f"run {pa.run_id()} broke")
@@ -199,7 +199,7 @@ def test_failed_runs_are_reported_and_re_submitted(tmp_path):
 
 
 def test_unaverageable_outputs_fail_with_a_clear_message(tmp_path):
-    @parallel_average(N_runs=4, N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=4, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def mixed():
         return "text" if pa.run_id() == 2 else float(pa.run_id())
 
@@ -209,7 +209,7 @@ def test_unaverageable_outputs_fail_with_a_clear_message(tmp_path):
 
 
 def test_dont_submit_an_unknown_call_lists_the_closest(tmp_path):
-    @parallel(N_runs=2, N_tasks=1, path=tmp_path, pickle_by_value=[THIS])
+    @parallel(N_runs=2, N_tasks=1, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def known(L):
         return L
 
@@ -223,7 +223,7 @@ def test_partial_results_while_running(tmp_path, monkeypatch):
     monkeypatch.setenv("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "0")
     go = tmp_path / "go"
 
-    @parallel_average(N_runs=20, N_tasks=2, dynamic_load_balancing=False, path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=20, N_tasks=2, dynamic_load_balancing=False, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def gated(go_path):
         if pa.run_id() >= 10:
             while not os.path.exists(go_path):
@@ -247,7 +247,7 @@ def test_partial_results_while_running(tmp_path, monkeypatch):
 
 
 def test_cancel_a_running_job_and_report_it_ended(tmp_path):
-    @parallel_average(N_runs=4, N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    @parallel_average(N_runs=4, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def slow():
         time.sleep(60)
         return 1.0
@@ -264,7 +264,7 @@ def test_cancel_a_running_job_and_report_it_ended(tmp_path):
 
 
 def test_killed_job_is_reported_as_ended_not_running(tmp_path):
-    @parallel(N_runs=3, N_tasks=1, path=tmp_path, pickle_by_value=[THIS])
+    @parallel(N_runs=3, N_tasks=1, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def stuck():
         time.sleep(60)
 
@@ -291,7 +291,7 @@ SCRIPT = textwrap.dedent("""
 
     SCALE = 3.0  # a global of a notebook-style __main__ function
 
-    @parallel_average(N_runs=10, N_tasks=2, path=sys.argv[1])
+    @parallel_average(N_runs=10, N_tasks=2, queuing_system="local", path=sys.argv[1])
     def scaled(x):
         return SCALE * x
 

@@ -13,7 +13,7 @@ import pytest
 from jobdb_helpers import subprocess_env
 
 from parallelaverage.jobdb import CorruptFileError, atomic_write_bytes, atomic_write_json, read_json
-from parallelaverage.jobdb.atomic import TEMP_MARKER
+from parallelaverage._atomic import TEMP_MARKER
 
 
 def leftovers(folder):

@@ -10,7 +10,7 @@ import pytest
 from jobdb_helpers import create_many_worker, key_of, race_worker
 
 from parallelaverage.jobdb import JobDatabase
-from parallelaverage.jobdb.atomic import TEMP_MARKER
+from parallelaverage._atomic import TEMP_MARKER
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -23,7 +23,7 @@ from parallelaverage.jobdb import (
     new_record,
     read_json,
 )
-from parallelaverage.jobdb.atomic import TEMP_MARKER
+from parallelaverage._atomic import TEMP_MARKER
 
 
 @pytest.fixture
