@@ -1,48 +1,39 @@
-"""Quickstart: average a noisy computation over 1,000 runs on 2 local MPI ranks.
+"""Quickstart: the seed example, run locally on MPI ranks (no SLURM needed).
 
     python examples/quickstart.py
 
-Starts itself under ``mpiexec -n 2`` (the MPI of the active environment), hands the
-runs out with the shared counter, merges the ranks' statistics and prints them.
+The first call submits a job of 10 runs on 5 local MPI ranks (mpiexec from the active
+environment) and returns None; ``wait`` then blocks until the job is complete and
+returns every run's output. Run the script again: the same call returns the stored
+result at once, without a new job. The job database is ``./.parallelaverage``.
 """
 
-import os
-import subprocess
-import sys
+import numpy as np
 
-N_RUNS, N_TASKS = 1000, 2
+from parallelaverage import parallel, parallel_average, wait
 
 
-def simulate(run: int, L: int = 8):
-    """One sample of a stochastic computation: L noisy values around 1e9."""
+@parallel(N_runs=10, N_tasks=5, time="00:02:00", mem="1G")
+def my_function(L):
+    """Draw L random numbers: one run's output."""
+    return np.random.rand(L)
+
+
+@parallel_average(N_runs=1000, N_tasks=2)
+def noisy_mean(L):
+    """One noisy sample around 1e9: averaged over 1,000 runs, exactly."""
     from parallelaverage import rng
 
     return 1e9 + rng().standard_normal(L)
 
 
-def main_on_ranks() -> None:
-    from mpi4py import MPI
-
-    from parallelaverage import mpi
-    from parallelaverage.stats import Welford
-
-    acc = Welford()
-    for run in mpi.dynamic_range(N_RUNS, MPI.COMM_WORLD, seed=1):
-        acc.add(simulate(run))
-    total = mpi.allreduce(acc, MPI.COMM_WORLD)
-    print(f"rank {MPI.COMM_WORLD.rank} ran {acc.count} of {total.count} runs", flush=True)
-    MPI.COMM_WORLD.Barrier()
-    if MPI.COMM_WORLD.rank == 0:
-        print("mean - 1e9:", total.mean - 1e9)
-        print("variance:  ", total.variance)
-        print("error:     ", total.sem)
-
-
 if __name__ == "__main__":
-    if os.environ.get("QUICKSTART_ON_RANKS"):
-        main_on_ranks()
-    else:
-        from parallelaverage.backends.mpiexec import mpiexec_command
+    first = my_function(L=64)
+    print("first call returned:", first)
+    outputs = wait(my_function)(L=64)
+    print(f"{len(outputs)} outputs; outputs[0][:4] = {outputs[0][:4]}")
 
-        command, env = mpiexec_command(N_TASKS, [sys.executable, os.path.abspath(__file__)])
-        sys.exit(subprocess.call(command, env={**os.environ, **env, "QUICKSTART_ON_RANKS": "1"}))
+    average = wait(noisy_mean)(L=3)
+    print("mean - 1e9:        ", average.data - 1e9)
+    print("estimated error:   ", average.estimated_error)
+    print("estimated variance:", average.estimated_variance)

@@ -20,7 +20,7 @@ _WHERE = {
     "parallel": "_decorators", "parallel_average": "_decorators", "do_submit": "_decorators",
     "dont_submit": "_decorators", "re_submit": "_decorators", "cancel_job": "_decorators",
     "print_job_output": "_decorators", "wait": "_decorators", "load_job": "_decorators",
-    "NoJobError": "_decorators", "run_id": "_context", "rng": "_context",
+    "NoJobError": "_decorators", "cleanup": "_cleanup", "run_id": "_context", "rng": "_context",
     "Welford": "stats", "WeightedSample": "stats", "AveragedResult": "results",
     "RunOutputs": "results", "JobWarning": "_jobs", "NotReadyWarning": "_jobs",
     "RunsFailedWarning": "_jobs", "JobEndedWarning": "_jobs", "CodeChangedWarning": "_jobs",
@@ -41,6 +41,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from parallelaverage._cleanup import cleanup
     from parallelaverage._context import rng, run_id
     from parallelaverage._decorators import (
         NoJobError, cancel_job, do_submit, dont_submit, load_job, parallel, parallel_average,

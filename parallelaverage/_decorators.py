@@ -174,15 +174,19 @@ class ParallelFunction:
         raise ValueError(f"unknown action {action!r}")
 
     def _wait(self, db: JobDatabase, record: JobRecord, poll_s: float = 0.01, max_poll_s: float = 1.0) -> Any:
+        """Poll until the job stops running: every 10 ms for the first seconds (short jobs
+        finish fast), then less and less often, up to once a second."""
         total = self._options.total_runs
         bar = ProgressBar(total, label=record.job_name)
+        started = time.monotonic()
         while True:
             files, state = self._state(db, record)
             bar.update(len(state.successful), len(state.failed))
             if state.status != "running":
                 break
             time.sleep(poll_s)
-            poll_s = min(max_poll_s, poll_s * 1.5)
+            if time.monotonic() - started > 2.0:
+                poll_s = min(max_poll_s, poll_s * 1.2)
         bar.close()
         return self._result(db, db.load(record.job_name))
 

@@ -333,3 +333,33 @@ def test_bad_options_fail_at_decoration_time(options, error, message):
     decorator = parallel_average if "average_results" in options or "keep_runs" in options else parallel
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         decorator(**options)
+
+
+def test_print_output_load_job_code_change_and_cleanup(tmp_path, capsys):
+    @parallel_average(N_runs=4, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def chatty(x):
+        print(f"hello from run {pa.run_id()}")
+        return x
+
+    wait(chatty)(2.0)
+    capsys.readouterr()
+    pa.print_job_output(chatty)(2.0)
+    printed = capsys.readouterr().out
+    assert "stdout.txt" in printed and all(f"hello from run {i}" in printed for i in range(4))
+    loaded = pa.load_job("1_chatty", path=tmp_path)
+    assert loaded.data == 2.0 and loaded.job_name == "1_chatty"
+
+    @parallel_average(N_runs=4, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def chatty(x):  # noqa: F811 - the same function, edited
+        return 2 * x
+
+    with pytest.warns(pa.CodeChangedWarning, match="changed since job 1_chatty.*@do_submit"):
+        assert chatty(2.0).data == 2.0  # the stored result, as the original did
+    do_submit(chatty)(2.0)
+    assert wait(chatty)(2.0).data == 4.0
+    # cleanup: the replaced job goes, and redundant snapshots on request; the current stays
+    removed = pa.cleanup(tmp_path, superseded=True, redundant_snapshots=True)
+    assert tmp_path / ".parallelaverage/1_chatty" in removed
+    assert not (tmp_path / ".parallelaverage/1_chatty").exists()
+    assert not list((tmp_path / ".parallelaverage/2_chatty").rglob("snapshot-r*.pkl"))
+    assert dont_submit(chatty)(2.0).data == 4.0
