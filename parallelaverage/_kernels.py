@@ -68,8 +68,13 @@ def add_reference(state: np.ndarray, sample: Any, weight: float) -> None:
     state[1] = w_new
 
 
-def merge_reference(state_a: np.ndarray, state_b: np.ndarray) -> None:
-    """Numpy twin of the native ``merge``: Chan's formula including the shifts."""
+def merge_reference(state_a: Any, state_b: Any) -> None:
+    """Numpy twin of the native ``merge``: Chan's formula including the shifts.
+
+    Like the native kernel it accepts any buffer (MPI hands a reduction op raw bytes).
+    """
+    state_a = np.frombuffer(state_a, dtype=np.float64) if not isinstance(state_a, np.ndarray) else state_a
+    state_b = np.frombuffer(state_b, dtype=np.float64) if not isinstance(state_b, np.ndarray) else state_b
     if state_a.size != state_b.size:
         k_a, k_b = ((s.size - HEADER) // 3 for s in (state_a, state_b))
         raise ValueError(f"states differ in size: {k_a} and {k_b} elements")
