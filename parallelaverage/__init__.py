@@ -22,7 +22,7 @@ _WHERE = {
     "print_job_output": "_decorators", "wait": "_decorators", "load_job": "_decorators",
     "NoJobError": "_decorators", "cleanup": "_cleanup", "run_id": "_context", "rng": "_context",
     "Welford": "stats", "WeightedSample": "stats", "AveragedResult": "results",
-    "RunOutputs": "results", "JobWarning": "_jobs", "NotReadyWarning": "_jobs",
+    "RunOutputs": "results", "UntrustedFileError": "_jobfiles", "JobWarning": "_jobs", "NotReadyWarning": "_jobs",
     "RunsFailedWarning": "_jobs", "JobEndedWarning": "_jobs", "CodeChangedWarning": "_jobs",
 }
 __all__ = list(_WHERE)

@@ -9,6 +9,8 @@ Layout of ``<path>/.parallelaverage/<index>_<function>/``::
     attempts/<k>/snapshot-r<rank>.pkl  rank's statistics and finished/failed runs so far
     attempts/<k>/result.pkl  the merged statistics of launch k, written last by rank 0
     attempts/<k>/outputs-r<rank>.{pkl,jsonl}  every run's output, appended once
+    attempts/<k>/rank-r<rank>.json     host, pid and start time of each rank
+    attempts/<k>/sealed.pkl  the launch's progress frozen when a later launch was made
     attempts/<k>/exit_code   the launcher's exit status, written when it ends
     attempts/<k>/stdout.txt, stderr.txt
 
@@ -23,6 +25,7 @@ import io
 import json
 import os
 import pickle
+import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,8 @@ from parallelaverage._atomic import atomic_write_bytes
 
 __all__ = [
     "JobFiles", "Progress", "OutputWriter", "OutputIndex",
-    "encode_run_id", "decode_run_id", "write_pickle", "read_pickle",
+    "encode_run_id", "decode_run_id", "write_pickle", "read_pickle", "check_owner",
+    "UntrustedFileError", "TRUST_ENV", "process_start_ticks", "live_ranks",
 ]
 
 PICKLE_PROTOCOL = 5
@@ -56,8 +60,41 @@ def write_pickle(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, pickle.dumps(obj, protocol=PICKLE_PROTOCOL))
 
 
+TRUST_ENV = "PARALLELAVERAGE_TRUST_UIDS"
+"""Comma-separated user ids (or ``*``) whose pickles may be loaded besides one's own."""
+
+
+class UntrustedFileError(PermissionError):
+    """A pickle in a job directory belongs to another user: loading it would run their code."""
+
+
+def check_owner(path: Path) -> None:
+    """Refuse a file that another user owns, unless ``PARALLELAVERAGE_TRUST_UIDS`` allows them.
+
+    Raises:
+        UntrustedFileError: with the owner, the reason and how to allow it.
+    """
+    owner = os.stat(path).st_uid
+    if not hasattr(os, "geteuid") or owner == os.geteuid():
+        return
+    trusted = {t.strip() for t in os.environ.get(TRUST_ENV, "").split(",") if t.strip()}
+    if "*" in trusted or str(owner) in trusted:
+        return
+    raise UntrustedFileError(
+        f"{path} belongs to user id {owner}, not to you (user id {os.geteuid()}). Loading a pickle "
+        f"runs code chosen by whoever wrote it, so parallelaverage refuses. If you trust that user, "
+        f"allow them explicitly: export {TRUST_ENV}={owner}"
+    )
+
+
 def read_pickle(path: Path) -> Any:
-    """Unpickle ``path``; a torn or foreign file raises ``ValueError`` naming it."""
+    """Unpickle ``path`` (one's own files only, see :func:`check_owner`).
+
+    Raises:
+        ValueError: the file is torn or not a pickle; the message names it.
+        UntrustedFileError: another user owns it.
+    """
+    check_owner(path)
     data = path.read_bytes()
     try:
         return pickle.loads(data)
@@ -106,6 +143,16 @@ class JobFiles:
 
     def all_outputs(self, attempt: int) -> list[Path]:
         return sorted(self.attempt_dir(attempt).glob("outputs-r*.*"))
+
+    def rank_info(self, attempt: int, rank: int) -> Path:
+        return self.attempt_dir(attempt) / f"rank-r{rank}.json"
+
+    def rank_infos(self, attempt: int) -> list[Path]:
+        return sorted(self.attempt_dir(attempt).glob("rank-r*.json"))
+
+    def sealed(self, attempt: int) -> Path:
+        """The progress of a launch frozen when a later launch was made (see ``_jobs``)."""
+        return self.attempt_dir(attempt) / "sealed.pkl"
 
     def exit_code(self, attempt: int) -> Path:
         return self.attempt_dir(attempt) / "exit_code"
@@ -222,6 +269,8 @@ class OutputIndex:
 
     def load(self, run: Any) -> Any:
         path, offset, size = self._where[run]
+        if path.suffix != ".jsonl":
+            check_owner(path)
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read(size)
@@ -282,5 +331,31 @@ def iter_snapshot_progress(files: JobFiles, attempt: int) -> Iterator[tuple[Path
             if not isinstance(progress, Progress):
                 raise ValueError(f"{path} is not a snapshot")
             yield path, progress, None
+        except UntrustedFileError:
+            raise
         except (OSError, ValueError) as error:
             yield path, None, str(error)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux); None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def live_ranks(files: JobFiles, attempt: int) -> list[int]:
+    """Ranks of a launch still alive on this host (pid and start time both match)."""
+    host = socket.gethostname()
+    alive = []
+    for path in files.rank_infos(attempt):
+        try:
+            info = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if info.get("host") == host and process_start_ticks(info["pid"]) == info.get("start_ticks"):
+            alive.append(info["pid"])
+    return alive

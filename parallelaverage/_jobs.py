@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from parallelaverage._jobfiles import JobFiles, OutputIndex, Progress, iter_snapshot_progress, read_pickle
+from parallelaverage._jobfiles import (
+    JobFiles, OutputIndex, Progress, UntrustedFileError, iter_snapshot_progress, read_pickle, write_pickle,
+)
 from parallelaverage.backends.base import Backend
 from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage.results import AveragedResult, RunOutputs
@@ -64,7 +66,12 @@ def backend_for(name: str) -> Backend:
 
 def launch(files: JobFiles, backend: Backend, runs: list[Any], n_tasks: int,
            queue_options: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Start a new launch of the job for ``runs``; return its number and launch info."""
+    """Start a new launch of the job for ``runs``; return its number and launch info.
+
+    Earlier launches are sealed first (see :func:`seal`): ``runs`` was computed from them.
+    """
+    for earlier in files.attempts():
+        seal(files, earlier)
     attempt = len(files.attempts()) + 1
     while True:
         try:
@@ -97,8 +104,24 @@ class JobState:
         return len(self.missing)
 
 
+def seal(files: JobFiles, attempt: int) -> None:
+    """Freeze what an ended launch achieved before another launch re-runs the rest.
+
+    Later readers use the sealed progress instead of the snapshots, so that a write
+    by a straggling rank of the old launch can never count a run twice.
+    """
+    if not files.result(attempt).exists() and not files.sealed(attempt).exists():
+        write_pickle(files.sealed(attempt), _launch_progress(files, attempt, []))
+
+
 def _launch_progress(files: JobFiles, attempt: int, problems: list[str]) -> Progress:
-    """A launch's progress: its result if written and whole, else its ranks' snapshots."""
+    """A launch's progress: sealed or result if written and whole, else its ranks' snapshots."""
+    sealed = files.sealed(attempt)
+    if sealed.exists():
+        try:
+            return read_pickle(sealed)
+        except ValueError as error:
+            problems.append(f"{error}; using the snapshots")
     result_path = files.result(attempt)
     if result_path.exists():
         try:
@@ -106,6 +129,8 @@ def _launch_progress(files: JobFiles, attempt: int, problems: list[str]) -> Prog
             if isinstance(result, Progress):
                 return result
             problems.append(f"{result_path} is not a result file; using the snapshots")
+        except UntrustedFileError:
+            raise
         except (OSError, ValueError) as error:
             problems.append(f"{error}; using the snapshots")
     merged = Progress()

@@ -10,9 +10,11 @@ launch's result atomically. Knows nothing of decorators or the job database.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from parallelaverage import _context
-from parallelaverage._jobfiles import JobFiles, OutputWriter, Progress, write_pickle
+from parallelaverage._atomic import atomic_write_bytes
+from parallelaverage._jobfiles import JobFiles, OutputWriter, Progress, process_start_ticks, write_pickle
 from parallelaverage.stats import WeightedSample, Welford
 
 SNAPSHOT_INTERVAL_S = float(os.environ.get("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "2.0"))
@@ -110,6 +113,10 @@ def _static_runs(runs: list[Any]):
 def execute(files: JobFiles, attempt: int, comm: Any) -> Progress:
     """Run this rank's share of the launch; return its progress (also on disk)."""
     rank = comm.Get_rank()
+    # who we are, so that a caller can tell whether this rank still runs (and writes)
+    atomic_write_bytes(files.rank_info(attempt, rank), json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}
+    ).encode())
     payload = pickle.loads(files.payload.read_bytes())
     runs = files.read_runs(attempt)
     function, args, kwargs = payload["function"], payload["args"], payload["kwargs"]

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from parallelaverage._jobfiles import JobFiles
+from parallelaverage._jobfiles import JobFiles, live_ranks
+from parallelaverage._jobfiles import process_start_ticks as _start_ticks
 from parallelaverage.backends.base import Backend
 from parallelaverage.backends.mpiexec import mpiexec_command
 
@@ -36,14 +37,6 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return stat[stat.rindex(")") + 2 :].split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process start time in clock ticks since boot; None if gone or a zombie."""
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] == "Z":
-        return None
-    return int(fields[19])
 
 
 def _alive(pid: int, start_ticks: int | None) -> bool:
@@ -116,9 +109,10 @@ class LocalBackend(Backend):
         return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "command": command}
 
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
-        if files.exit_code(attempt).exists():
-            return "ended"
-        return "running" if _alive(int(launch["pid"]), launch.get("start_ticks")) else "ended"
+        """Running while the launcher lives, and after it while any of its ranks does
+        (a rank that outlives a killed launcher would still claim runs and write)."""
+        ended = files.exit_code(attempt).exists() or not _alive(int(launch["pid"]), launch.get("start_ticks"))
+        return "running" if not ended or live_ranks(files, attempt) else "ended"
 
     def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any], grace_s: float = 3.0) -> None:
         """SIGTERM the launcher and every process below it, then SIGKILL what is left.
@@ -127,9 +121,10 @@ class LocalBackend(Backend):
         the launcher's process group is not enough: the whole tree is signalled.
         """
         pid = int(launch["pid"])
-        if not _alive(pid, launch.get("start_ticks")):
+        tree = [pid, *_descendants(pid)] if _alive(pid, launch.get("start_ticks")) else []
+        tree += [rank for rank in live_ranks(files, attempt) if rank not in tree]  # orphaned ranks too
+        if not tree:
             return
-        tree = [pid, *_descendants(pid)]
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             for member in tree:
                 try:

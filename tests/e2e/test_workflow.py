@@ -30,49 +30,9 @@ from parallelaverage import (
     wait,
 )
 
+from pa_testing import jobs_in, launch_pid, process_tree, settle
+
 THIS = sys.modules[__name__]
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and every live process below it, from /proc."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z":
-                parents[int(entry)] = int(fields[1])
-    tree = [pid] if pid in parents else []
-    for child, parent in parents.items():
-        if parent == pid:
-            tree += process_tree(child)
-    return tree
-
-
-def launch_pid(path, job_name: str, attempt: int = 1) -> int:
-    launch = (path / ".parallelaverage" / job_name / "attempts" / str(attempt) / "launch.json").read_text()
-    return int(json.loads(launch)["pid"])
-
-
-def jobs_in(path) -> list[str]:
-    root = path / ".parallelaverage"
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0].isdigit())
-
-
-def settle(function, *args, timeout_s: float = 60, **kwargs):
-    """Call until the job is no longer running; return the last result."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = dont_submit(function)(*args, **kwargs)
-        if not any(issubclass(w.category, NotReadyWarning) for w in caught):
-            return result, caught
-        time.sleep(0.05)
-    raise TimeoutError("job did not finish")
 
 
 def test_the_seed_example(tmp_path, capsys):
@@ -120,7 +80,7 @@ def test_average_run_id_rng_and_recorded_queue_options(tmp_path):
 
 
 def test_run_ids_are_visible_inside_runs(tmp_path):
-    @parallel(N_runs=(2, 3), N_tasks=2, path=tmp_path, pickle_by_value=[THIS])
+    @parallel(N_runs=(2, 3), N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def which():
         return (pa.run_id(), os.environ["RUN_ID"])
 
