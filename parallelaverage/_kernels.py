@@ -21,6 +21,7 @@ import numpy as np
 __all__ = ["add", "merge", "add_reference", "merge_reference", "NATIVE", "empty_state", "HEADER"]
 
 HEADER = 2  # count, W
+_BLOCK = 8192  # elements per block of the numpy kernels
 
 
 def empty_state(k: int) -> np.ndarray:
@@ -60,10 +61,16 @@ def add_reference(state: np.ndarray, sample: Any, weight: float) -> None:
     w_new = state[1] + w
     f = w / w_new if w_new > 0.0 else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        d = x - shift
-        delta = d - mean
-        mean += delta * f
-        m2 += w * delta * (d - mean)
+        # blocks keep the temporaries small and cache-resident (large ones page-fault)
+        for start in range(0, x.size, _BLOCK):
+            block = slice(start, start + _BLOCK)
+            d = x[block] - shift[block]
+            delta = d - mean[block]
+            mean[block] += delta * f
+            d -= mean[block]
+            d *= delta
+            d *= w
+            m2[block] += d
     state[0] += 1.0
     state[1] = w_new
 

@@ -44,9 +44,7 @@ class JobOptions:
 
     def resolved_queuing_system(self) -> str:
         """``auto`` becomes ``slurm`` when ``sbatch`` is on PATH (and the backend ships), else ``local``."""
-        if self.queuing_system != "auto":
-            return self.queuing_system
-        return "slurm" if _slurm_backend_available() and shutil.which("sbatch") else "local"
+        return resolve_queuing_system(self.queuing_system)
 
     def recorded(self) -> dict[str, Any]:
         """The options as JSON for the job record."""
@@ -60,6 +58,13 @@ class JobOptions:
 
 def _slurm_backend_available() -> bool:
     return importlib.util.find_spec("parallelaverage.backends.slurm") is not None
+
+
+def resolve_queuing_system(queuing_system: str) -> str:
+    """``auto`` becomes ``slurm`` when ``sbatch`` is on PATH (and the backend ships), else ``local``."""
+    if queuing_system != "auto":
+        return queuing_system
+    return "slurm" if _slurm_backend_available() and shutil.which("sbatch") else "local"
 
 
 def run_ids(N_runs: int | tuple[int, ...]) -> list[Any]:
@@ -160,7 +165,12 @@ def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"pickle_by_value: {module!r} is not a module; pass imported modules")
     for name, value in options.items():
-        check_queue_value(name, value)
+        for item in value if isinstance(value, (list, tuple)) else (value,):  # setup=[lines]
+            check_queue_value(name, item)
+    if resolve_queuing_system(queuing_system) == "slurm":
+        from parallelaverage.backends.slurm_options import check_slurm_options
+
+        check_slurm_options(options)
     return JobOptions(
         N_runs=n_runs, N_tasks=N_tasks, average=None if average is None else _check_average(average),
         keep_runs=_check_bool("keep_runs", keep_runs), dynamic_load_balancing=dynamic,
