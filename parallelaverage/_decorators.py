@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +19,8 @@ import cloudpickle
 
 from parallelaverage import _jobs
 from parallelaverage._jobfiles import JobFiles
+from parallelaverage._job import Job, say
 from parallelaverage._options import JobOptions, parse_options, run_ids
-from parallelaverage._progress import ProgressBar
 from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_hash, new_record
 
 __all__ = [
@@ -35,10 +33,6 @@ PREFIX = "[parallelaverage]"
 
 class NoJobError(LookupError):
     """A call that must find an existing job (``dont_submit``, ``cancel_job``...) found none."""
-
-
-def _say(message: str) -> None:
-    print(f"{PREFIX} {message}", flush=True)
 
 
 class ParallelFunction:
@@ -102,7 +96,7 @@ class ParallelFunction:
             record, created = db.get_or_create(key, make_record, files={"payload.pkl": payload})
         if not created:
             return None
-        _say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
+        say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
              f"MPI ranks, {backend.name})")
         files = JobFiles(db.job_dir(record))
         _, info = _jobs.launch(files, backend, run_ids(options.N_runs), options.N_tasks,
@@ -110,24 +104,6 @@ class ParallelFunction:
         db.update(record.job_name, status="running", queue=backend.name,
                   queue_job_id=str(info.get("job_id", info.get("pid"))))
         return record
-
-    def _state(self, db: JobDatabase, record: JobRecord) -> tuple[JobFiles, _jobs.JobState]:
-        files = JobFiles(db.job_dir(record))
-        backend = _jobs.backend_for(record.queue or "local")
-        submitted = _timestamp(record.submitted_at)
-        state = _jobs.read_state(files, backend, run_ids(self._options.N_runs),
-                                 cancelled=record.status == "cancelled", submitted_at=submitted)
-        counts = dict(n_successful=len(state.successful), n_failed=len(state.failed), n_not_ready=len(state.missing))
-        status = "cancelled" if record.status == "cancelled" else state.status
-        if status != record.status or any(getattr(record, k) != v for k, v in counts.items()):
-            db.update(record.job_name, status=status, **counts)
-        return files, state
-
-    def _result(self, db: JobDatabase, record: JobRecord, quiet: bool = False) -> Any:
-        files, state = self._state(db, record)
-        if not quiet:
-            _jobs.report(state, record.job_name)
-        return _jobs.build_result(files, state, record.job_name, self._options.average, self._options.keep_runs)
 
     def _existing(self, db: JobDatabase, key: Any, action: str) -> JobRecord:
         record = db.lookup(key)
@@ -161,81 +137,20 @@ class ParallelFunction:
                 "was submitted; returning the stored result. Use @do_submit to run the new code.",
                 _jobs.CodeChangedWarning, stacklevel=3,
             )
+        job = Job(db, record)
         if action in ("auto", "dont_submit"):
-            return self._result(db, record)
+            return job.result()
         if action == "wait":
-            return self._wait(db, record)
+            return job.wait()
         if action == "re_submit":
-            return self._re_submit(db, record)
-        if action == "cancel_job":
-            return self._cancel(db, record)
-        if action == "print_job_output":
-            return _print_output(JobFiles(db.job_dir(record)))
-        raise ValueError(f"unknown action {action!r}")
-
-    def _wait(self, db: JobDatabase, record: JobRecord, poll_s: float = 0.01, max_poll_s: float = 1.0) -> Any:
-        """Poll until the job stops running: every 10 ms for the first seconds (short jobs
-        finish fast), then less and less often, up to once a second."""
-        total = self._options.total_runs
-        bar = ProgressBar(total, label=record.job_name)
-        started = time.monotonic()
-        while True:
-            files, state = self._state(db, record)
-            bar.update(len(state.successful), len(state.failed))
-            if state.status != "running":
-                break
-            time.sleep(poll_s)
-            if time.monotonic() - started > 2.0:
-                poll_s = min(max_poll_s, poll_s * 1.2)
-        bar.close()
-        return self._result(db, db.load(record.job_name))
-
-    def _re_submit(self, db: JobDatabase, record: JobRecord) -> None:
-        files, state = self._state(db, record)
-        if state.status == "running":
-            warnings.warn(f"{PREFIX} job {record.job_name} is still running; wait for it or cancel_job it first",
-                          _jobs.NotReadyWarning, stacklevel=3)
-            return None
-        runs = state.missing + [run for run in state.all_runs if run in state.failed]
-        if not runs:
-            _say(f"job {record.job_name} has no missing or failed runs; nothing to re-submit")
-            return None
-        backend = _jobs.backend_for(record.queue or "local")
-        _say(f"re-submitting {len(runs)} runs of job {record.job_name} on "
-             f"{min(self._options.N_tasks, len(runs))} MPI ranks, {backend.name}")
-        _, info = _jobs.launch(files, backend, runs, self._options.N_tasks, dict(self._options.queue_options))
-        db.update(record.job_name, status="running", queue_job_id=str(info.get("job_id", info.get("pid"))))
+            job.resubmit(self._options.N_tasks, dict(self._options.queue_options))
+        elif action == "cancel_job":
+            job.cancel()
+        elif action == "print_job_output":
+            print(job.output_text(), end="")
+        else:
+            raise ValueError(f"unknown action {action!r}")
         return None
-
-    def _cancel(self, db: JobDatabase, record: JobRecord) -> None:
-        files = JobFiles(db.job_dir(record))
-        backend = _jobs.backend_for(record.queue or "local")
-        for attempt in files.attempts():
-            try:
-                info = json.loads(files.launch(attempt).read_bytes())
-            except (OSError, ValueError):
-                continue
-            backend.cancel(files, attempt, info)
-        db.update(record.job_name, status="cancelled")
-        _say(f"cancelled job {record.job_name}")
-        return None
-
-
-def _timestamp(iso: str) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(iso).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _print_output(files: JobFiles) -> None:
-    for attempt in files.attempts():
-        for path in (files.stdout(attempt), files.stderr(attempt)):
-            text = path.read_text(errors="replace") if path.exists() else ""
-            print(f"----- {path} -----")
-            print(text, end="" if text.endswith("\n") or not text else "\n")
 
 
 # ------------------------------------------------------------------ decorators
@@ -308,13 +223,4 @@ wait = _action("wait", "Block until the call's job is complete (submitting it if
 
 def load_job(job_name: str, path: str = ".") -> Any:
     """The result of a stored job by its name (``"3_simulate"``), without the function."""
-    db = JobDatabase(path)
-    record = db.load(job_name)
-    files = JobFiles(db.job_dir(record))
-    average = record.options.get("average")
-    backend = _jobs.backend_for(record.queue or "local")
-    all_runs = run_ids(tuple(record.N_runs) if isinstance(record.N_runs, list) else record.N_runs)
-    state = _jobs.read_state(files, backend, all_runs, cancelled=record.status == "cancelled")
-    _jobs.report(state, job_name)
-    average = tuple(average) if isinstance(average, list) else average
-    return _jobs.build_result(files, state, job_name, average, bool(record.options.get("keep_runs")))
+    return Job.load(job_name, path).result()
