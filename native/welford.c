@@ -190,7 +190,8 @@ PyDoc_STRVAR(add_doc,
 "add(state, sample, weight)\n--\n\n"
 "Add one sample with a weight >= 0 to a packed float64 state, in place.\n"
 "The sample is any C-contiguous buffer of float64, float32, complex128,\n"
-"complex64 or integers with as many values as the state has elements.\n"
+"complex64 or integers with as many values as the state has elements,\n"
+"or a Python float for a state of one element.\n"
 "Raises TypeError for unsupported buffers and ValueError for size mismatch.");
 
 static PyObject *
@@ -211,6 +212,20 @@ native_add(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     state_view s;
     if (get_state(args[0], &s, 1, "state") < 0) {
         return NULL;
+    }
+    if (PyFloat_CheckExact(args[1]) && s.k == 1) {
+        /* a Python float into a scalar state: no buffer to acquire */
+        double value = PyFloat_AS_DOUBLE(args[1]);
+        double *st = s.data;
+        double w_new = st[1] + w;
+        if (st[0] == 0.0) {
+            init_f64(&value, st + 2, st + 3, st + 4, 1);
+        }
+        add_f64(&value, st + 2, st + 3, st + 4, 1, w, w_new > 0.0 ? w / w_new : 0.0);
+        st[0] += 1.0;
+        st[1] = w_new;
+        PyBuffer_Release(&s.view);
+        Py_RETURN_NONE;
     }
     Py_buffer x;
     if (PyObject_GetBuffer(args[1], &x, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {

@@ -81,7 +81,8 @@ class Welford:
                 weight is negative or not finite.
             TypeError: the sample is not numeric (a string, a dict, ...).
         """
-        if type(sample) is np.ndarray and sample.shape == self._shape:
+        kind = type(sample)
+        if (kind is np.ndarray and sample.shape == self._shape) or (kind is float and self._shape == ()):
             try:
                 _kernels.add(self._state, sample, 1.0 if weight is None else weight)
                 return
