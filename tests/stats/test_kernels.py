@@ -70,3 +70,26 @@ def test_large_samples_release_the_gil_and_stay_exact():
         _native.add(state, x + shift, 1.0)
         _kernels.add_reference(reference, x + shift, 1.0)
     np.testing.assert_allclose(state, reference, rtol=1e-14, atol=1e-12)
+
+
+def test_without_the_extension_the_numpy_kernels_take_over_with_one_warning():
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, warnings\n"
+        "sys.modules['parallelaverage._native'] = None  # as if the extension failed to import\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from parallelaverage import _kernels\n"
+        "    from parallelaverage.stats import Welford\n"
+        "acc = Welford()\n"
+        "for x in (1.0, 2.0, 4.0):\n"
+        "    acc.add(x)\n"
+        "print(_kernels.NATIVE, len(caught), acc.mean, acc.variance)\n"
+        "print(caught[0].message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    first, message = done.stdout.splitlines()[:2]
+    assert first.split()[:2] == ["False", "1"] and float(first.split()[2]) == pytest.approx(7 / 3)
+    assert "could not be imported" in message and "pure-numpy" in message
