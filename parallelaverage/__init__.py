@@ -24,6 +24,7 @@ _WHERE = {
     "Welford": "stats", "WeightedSample": "stats", "AveragedResult": "results",
     "RunOutputs": "results", "UntrustedFileError": "_jobfiles", "JobWarning": "_jobs", "NotReadyWarning": "_jobs",
     "RunsFailedWarning": "_jobs", "JobEndedWarning": "_jobs", "CodeChangedWarning": "_jobs",
+    "plot_average": "plotting",
 }
 __all__ = list(_WHERE)
 
@@ -47,8 +48,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         NoJobError, cancel_job, do_submit, dont_submit, load_job, parallel, parallel_average,
         print_job_output, re_submit, wait,
     )
+    from parallelaverage._jobfiles import UntrustedFileError
     from parallelaverage._jobs import (
         CodeChangedWarning, JobEndedWarning, JobWarning, NotReadyWarning, RunsFailedWarning,
     )
+    from parallelaverage.plotting import plot_average
     from parallelaverage.results import AveragedResult, RunOutputs
     from parallelaverage.stats import WeightedSample, Welford

@@ -130,7 +130,14 @@ class Job:
         return attempt
 
     def cancel(self) -> None:
-        """Stop every launch of the job and every process it started; mark it cancelled."""
+        """Stop every launch of the job and every process it started; mark it cancelled.
+
+        A job that is not running is left as it is (a completed job stays completed).
+        """
+        status = self.state().status
+        if status != "running":
+            say(f"job {self.name} is not running ({status}); nothing to cancel")
+            return
         for attempt in self.files.attempts():
             try:
                 info = json.loads(self.files.launch(attempt).read_bytes())

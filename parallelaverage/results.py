@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from parallelaverage._display import averaged_html
 from parallelaverage._jobfiles import OutputIndex
 
 __all__ = ["AveragedResult", "RunOutputs"]
@@ -87,6 +88,10 @@ class AveragedResult(np.lib.mixins.NDArrayOperatorsMixin):
     @property
     def shape(self) -> tuple[int, ...]:
         return np.shape(self.data)
+
+    def _repr_html_(self) -> str:
+        """The notebook's view: mean ± error, runs and job, and a small plot for 1-D results."""
+        return averaged_html(self)
 
     def __repr__(self) -> str:
         return (f"AveragedResult(job={self.job_name!r}, runs={len(self.successful_run_ids)}, "

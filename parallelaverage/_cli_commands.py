@@ -1,0 +1,390 @@
+"""The commands of ``parallelaverage`` (the parser and the error boundary are in ``cli.py``).
+
+Each ``cmd_*`` takes the parsed arguments and returns the exit code; it raises
+``UsageError`` for a request that cannot be right (exit 2) and lets other errors
+reach the boundary (exit 1). Results go to standard output, progress bars and
+warnings to standard error, so that ``--json`` output can be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from parallelaverage._cleanup import cleanup
+from parallelaverage._cli_text import age, ids_text, indent, pairs_text, result_lines, table, when
+from parallelaverage._job import Job
+from parallelaverage._jobs import JobState
+from parallelaverage._progress import ProgressBar, progress_text
+from parallelaverage._summary import detail_summary, job_summary, status_summary, total_runs
+from parallelaverage.jobdb import STATUSES, JobDatabase, JobNotFoundError, JobRecord
+from parallelaverage.jobdb.database import DB_DIRNAME
+from parallelaverage.jobdb.records import JOB_NAME_PATTERN
+
+__all__ = ["run", "UsageError", "PROG"]
+
+PROG = "parallelaverage"
+
+#: What ``--status`` accepts: the record's conventional values and ``Job.state()``'s.
+KNOWN_STATUSES = tuple(dict.fromkeys((*STATUSES, "ended", "not_launched")))
+#: Statuses under which a job may still change: ``list`` and ``status`` refresh them.
+LIVE_STATUSES = ("created", "submitted", "running")
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible (a wrong name or value): exit code 2."""
+
+
+def warn(message: str) -> None:
+    """One warning line on standard error."""
+    print(f"[parallelaverage] {message}", file=sys.stderr, flush=True)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, allow_nan=False))
+
+
+# ------------------------------------------------------------------ finding jobs
+
+def open_database(path: str) -> JobDatabase:
+    """The database under ``--path``; a missing directory is a usage error."""
+    if not os.path.isdir(path):
+        raise UsageError(f"--path {path}: no such directory")
+    return JobDatabase(path)
+
+
+def _job_names(db: JobDatabase) -> list[str]:
+    try:
+        return [entry.name for entry in os.scandir(db.root)
+                if JOB_NAME_PATTERN.fullmatch(entry.name) and entry.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _by_index(name: str) -> int:
+    return int(name.split("_", 1)[0])
+
+
+def resolve_job(db: JobDatabase, name: str) -> Job:
+    """The job called ``name``, or numbered ``name``; a usage error naming the closest jobs."""
+    if name.isdigit():
+        matches = sorted(n for n in _job_names(db) if n.split("_", 1)[0] == name)
+        if len(matches) > 1:
+            raise UsageError(f"several jobs have the number {name}: {', '.join(matches)}; give the full name")
+        if matches:
+            name = matches[0]
+    if JOB_NAME_PATTERN.fullmatch(name):
+        try:
+            return Job(db, db.load(name))
+        except JobNotFoundError:
+            pass
+    names = sorted(_job_names(db), key=_by_index, reverse=True)
+    same_function = [n for n in names if n.split("_", 1)[1:] == [name]]
+    closest = same_function[:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(closest)}" if closest else (
+        f"; jobs there: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names
+        else f" (there is no job in {db.root}; pass --path DIR to use another directory)")
+    raise UsageError(f"no job {name!r} in {db.root}{hint}")
+
+
+def refresh(job: Job) -> JobState | None:
+    """The job's state (which also updates its record); None, with a warning, if unreadable."""
+    try:
+        return job.state()
+    except Exception as error:  # one broken job must not hide the others
+        warn(f"{job.name}: cannot read its state: {' '.join(str(error).split())}")
+        return None
+
+
+def outcome(record: JobRecord) -> int:
+    """Exit code of a job: 1 if runs failed, or are missing from a job that stopped."""
+    if record.n_failed or (record.n_not_ready and record.status != "running"):
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------ commands
+
+def _argument_matches(stored: str, wanted: str) -> bool:
+    """``--arg L=64`` matches the stored ``"64"``, ``model=ising`` the stored ``"'ising'"``, ``T=2.50`` ``"2.5"``."""
+    if stored in (wanted, repr(wanted)):
+        return True
+    try:
+        return float(stored) == float(wanted)
+    except ValueError:
+        return False
+
+
+def _filters(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:
+    statuses = args.status or []
+    for status in statuses:
+        if status not in KNOWN_STATUSES:
+            close = difflib.get_close_matches(status, KNOWN_STATUSES, n=1)
+            raise UsageError(f"--status {status}: unknown status{f' (did you mean {close[0]}?)' if close else ''}; "
+                             f"statuses are {', '.join(KNOWN_STATUSES)}")
+    wanted = []
+    for item in args.arg:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--arg {item}: give NAME=VALUE, e.g. --arg L=64")
+        wanted.append((name.strip(), value.strip()))
+    return statuses, wanted
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the jobs (refreshing those that may still run), newest first, filtered."""
+    statuses, wanted = _filters(args)
+    db = open_database(args.path)
+    scan = db.scan()
+    for problem in scan.problems:
+        warn(f"skipping an unreadable job: {problem}")
+    records = scan.records
+    if args.function:
+        records = [r for r in records if args.function in (r.function, r.function.rsplit(".", 1)[-1],
+                                                           r.job_name.split("_", 1)[1])]
+    for name, _ in wanted:
+        if records and not any(name in r.arguments for r in records):
+            known = sorted({a for r in records for a in r.arguments})
+            raise UsageError(f"--arg {name}=...: no job has an argument {name!r}; "
+                             f"the arguments are: {', '.join(known) or '(none)'}")
+    records = [r for r in records if all(n in r.arguments and _argument_matches(r.arguments[n], v)
+                                         for n, v in wanted)]
+    fresh = []
+    for record in records:
+        if record.status in LIVE_STATUSES:
+            job = Job(db, record)
+            refresh(job)
+            record = job.record
+        fresh.append(record)
+    records = [r for r in fresh if not statuses or r.status in statuses]
+    if args.json:
+        emit_json({"path": str(db.path), "jobs": [job_summary(r) for r in records]})
+        return 0
+    if not records:
+        where = db.root if db.root.is_dir() else f"{db.path} (it has no {DB_DIRNAME} folder; pass --path DIR)"
+        filtered = " match" if (statuses or wanted or args.function) else ""
+        print(f"no jobs{filtered} in {where}", file=sys.stderr)
+        return 0
+    rows = [["JOB", "STATUS", "DONE", "FAILED", "SUBMITTED", "CALL"]]
+    for r in records:
+        rows.append([r.job_name, r.status, f"{r.n_successful}/{total_runs(r)}", str(r.n_failed or ""),
+                     age(r.submitted_at), r.call])
+    print(table(rows))
+    return 0
+
+
+def _status_summaries(jobs: list[Job]) -> list[dict[str, Any]]:
+    """Refresh each job; its status summary (without a pace if its state is unreadable)."""
+    summaries = []
+    for job in jobs:
+        state = refresh(job)
+        summaries.append(status_summary(job, state) if state is not None else
+                         {**job_summary(job.record), "elapsed_s": None, "rate_runs_per_s": None, "eta_s": None})
+    return summaries
+
+
+def _status_line(job: Job, summary: dict[str, Any]) -> str:
+    runs = summary["runs"]
+    label = job.name if summary["status"] == "running" else f"{job.name} ({summary['status']})"
+    text = progress_text(label, runs["successful"], runs["failed"], runs["total"],
+                         rate_per_s=summary["rate_runs_per_s"], width=20)
+    return f"{text}  {job.record.call}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a progress line per running (or named) job; with ``--watch``, until none runs."""
+    if args.interval <= 0:
+        raise UsageError(f"--interval {args.interval}: must be > 0 seconds")
+    if args.watch and args.json:
+        raise UsageError("--watch and --json do not go together; use --json alone for one snapshot")
+    db = open_database(args.path)
+    if args.jobs:
+        jobs = [resolve_job(db, name) for name in args.jobs]
+    else:
+        jobs = [Job(db, r) for r in db.scan().records if r.status in LIVE_STATUSES]
+    summaries = _status_summaries(jobs)
+    if not args.jobs:
+        keep = [i for i, job in enumerate(jobs) if job.record.status == "running"]
+        jobs, summaries = [jobs[i] for i in keep], [summaries[i] for i in keep]
+    if args.json:
+        emit_json({"path": str(db.path), "jobs": summaries})
+        return 0
+    if not jobs:
+        print(f"no running jobs in {db.root}", file=sys.stderr)
+        return 0
+    tty = sys.stdout.isatty()
+    drawn = 0
+    while True:
+        lines = [_status_line(job, s) for job, s in zip(jobs, summaries)]
+        if tty:
+            columns = shutil.get_terminal_size((100, 24)).columns
+            lines = [line[: columns - 1] for line in lines]
+            sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(lines) + "\n")
+            drawn = len(lines)
+        else:
+            print("\n".join(lines))
+        sys.stdout.flush()
+        if not args.watch or all(job.record.status != "running" for job in jobs):
+            return 0
+        time.sleep(args.interval)
+        summaries = _status_summaries(jobs)
+
+
+def _read_result(job: Job, state: JobState) -> Any:
+    try:
+        return job.result(state, report=False)
+    except (OSError, ValueError) as error:
+        warn(f"{job.name}: cannot read its result: {' '.join(str(error).split())}")
+        return None
+
+
+def _failure_text(summary: dict[str, Any]) -> list[str]:
+    parts = []
+    if summary["failed_runs"]:
+        first = summary["first_failure"]
+        run = tuple(first["run"]) if isinstance(first["run"], list) else first["run"]
+        parts.append(f"{len(summary['failed_runs'])} runs failed: {ids_text(summary['failed_runs'])}\n"
+                     f"the first failure (run {run}):\n{indent(first['traceback'])}")
+    if summary["fatal"]:
+        parts.append(f"the job could not start its runs:\n{indent(summary['fatal'])}")
+    return parts
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print everything about one job; exit 1 if runs failed or are missing from a stopped job."""
+    db = open_database(args.path)
+    job = resolve_job(db, args.job)
+    state = job.state()
+    summary = detail_summary(job, state, _read_result(job, state))
+    for problem in summary["problems"]:
+        warn(f"{job.name}: {problem}")
+    if args.json:
+        emit_json(summary)
+        return outcome(job.record)
+    runs = summary["runs"]
+    options = {k: v for k, v in summary["options"].items() if k != "queue_options"}
+    queue_options = summary["options"].get("queue_options") or {}
+    pairs = [
+        ("job", job.name), ("call", summary["call"]), ("function", summary["function"]),
+        ("status", summary["status"]),
+        ("runs", f"{runs['successful']} of {runs['total']} done, {runs['failed']} failed, {runs['missing']} missing"),
+        ("submitted", when(summary["submitted_at"])),
+        ("queue", f"{summary['queue'] or '-'}, job id {summary['queue_job_id'] or '-'}"),
+        ("options", ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-"),
+    ]
+    if queue_options:
+        pairs.append(("queue options", ", ".join(f"{k}={v!r}" for k, v in queue_options.items())))
+    pairs.append(("folder", summary["folder"]))
+    if summary["missing_runs"] and summary["status"] != "running":
+        pairs.append(("missing", f"{ids_text(summary['missing_runs'])}  (run them: {PROG} resubmit {job.name})"))
+    pairs += result_lines(summary["result"])
+    print(pairs_text(pairs))
+    for part in _failure_text(summary):
+        print("\n" + part)
+    return outcome(job.record)
+
+
+def _poll(job: Job, on_state: Callable[[JobState], None]) -> JobState:
+    """Read the job's state until it stops running: often at first, then once a second."""
+    poll_s, started = 0.02, time.monotonic()
+    while True:
+        state = job.state()
+        on_state(state)
+        if state.status != "running":
+            return state
+        time.sleep(poll_s)
+        if time.monotonic() - started > 2.0:
+            poll_s = min(1.0, poll_s * 1.2)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Draw a progress bar until the job stops running, then its result; exit 1 as ``show``."""
+    db = open_database(args.path)
+    job = resolve_job(db, args.job)
+    bar = ProgressBar(len(job.all_runs), label=job.name)
+    try:
+        state = _poll(job, lambda s: bar.update(len(s.successful), len(s.failed)))
+    finally:
+        bar.close()
+    summary = detail_summary(job, state, _read_result(job, state))
+    for problem in summary["problems"]:
+        warn(f"{job.name}: {problem}")
+    runs = summary["runs"]
+    pairs = [("status", f"{summary['status']}: {runs['successful']} of {runs['total']} runs done, "
+                        f"{runs['failed']} failed, {runs['missing']} missing")]
+    print(pairs_text(pairs + result_lines(summary["result"])))
+    code = outcome(job.record)
+    if code:
+        warn(f"{job.name} has failed or missing runs: see '{PROG} show {job.name}', "
+             f"run them again with '{PROG} resubmit {job.name}'")
+    return code
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a running job (a job that does not run is left as it is)."""
+    db = open_database(args.path)
+    job = resolve_job(db, args.job)
+    state = job.state()
+    if state.status != "running":
+        print(f"job {job.name} is not running ({job.record.status}); nothing to cancel")
+        return 0
+    job.cancel()
+    return 0
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    """Launch the failed and missing runs of a stopped job again."""
+    if args.tasks is not None and args.tasks < 1:
+        raise UsageError(f"--tasks {args.tasks}: must be at least 1")
+    db = open_database(args.path)
+    job = resolve_job(db, args.job)
+    if job.state().status == "running":
+        print(f"{PROG}: error: job {job.name} is still running; wait for it ({PROG} wait {job.name}) "
+              f"or cancel it ({PROG} cancel {job.name}) first", file=sys.stderr)
+        return 1
+    job.resubmit(args.tasks)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove crash leftovers and, if asked, superseded jobs and redundant snapshots."""
+    db = open_database(args.path)
+    removed = cleanup(db.path, superseded=args.superseded, redundant_snapshots=args.snapshots,
+                      dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for target in removed:
+        print(f"{verb} {Path(target).relative_to(db.path) if Path(target).is_relative_to(db.path) else target}")
+    things = "file or folder" if len(removed) == 1 else "files and folders"
+    print(f"{verb} {len(removed)} {things}" if removed else "nothing to clean up")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve the web viewer until interrupted; exit 1 if this installation has none."""
+    db = open_database(args.path)
+    try:
+        from parallelaverage.viewer import serve
+    except ImportError as error:
+        print(f"{PROG}: error: the web viewer is not available in this installation ({error})", file=sys.stderr)
+        return 1
+    options: dict[str, Any] = {"path": str(db.path), "open_browser": args.open}
+    if args.port is not None:
+        options["port"] = args.port
+    serve(**options)
+    return 0
+
+
+_RUN = {"list": cmd_list, "status": cmd_status, "show": cmd_show, "wait": cmd_wait, "cancel": cmd_cancel,
+        "resubmit": cmd_resubmit, "cleanup": cmd_cleanup, "view": cmd_view}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command named by ``args.command``; return its exit code."""
+    return _RUN[args.command](args)

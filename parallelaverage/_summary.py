@@ -1,0 +1,143 @@
+"""What the command line shows of a job, as JSON-able dicts: the ``--json`` schema.
+
+Every dict here has fixed keys (documented in ``docs/cli.md``); values that are not
+known are ``null``, never missing. Numbers that JSON cannot hold (nan, inf) become
+``null``. Run ids are integers, or lists of integers for ``N_runs=(a, b, ...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from parallelaverage._display import array_range
+from parallelaverage._job import Job
+from parallelaverage._jobfiles import encode_run_id
+from parallelaverage._jobs import JobState
+from parallelaverage.jobdb import JobRecord
+from parallelaverage.results import AveragedResult, RunOutputs
+
+__all__ = ["total_runs", "job_summary", "launch_rate", "status_summary", "detail_summary",
+           "result_summary", "json_number"]
+
+
+def json_number(value: Any) -> float | None:
+    """A finite float, or None (JSON has no nan or inf)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def total_runs(record: JobRecord) -> int:
+    """All runs of a job: ``N_runs``, or the product of its dimensions."""
+    n_runs = record.N_runs
+    return math.prod(n_runs) if isinstance(n_runs, list) else n_runs
+
+
+def job_summary(record: JobRecord) -> dict[str, Any]:
+    """The keys of ``parallelaverage list --json``: who the job is and how far it got.
+
+    The run counts are those stored in the record, which ``Job.state()`` refreshes.
+    """
+    return {
+        "job_name": record.job_name,
+        "function": record.function,
+        "call": record.call,
+        "arguments": dict(record.arguments),
+        "N_runs": record.N_runs,
+        "status": record.status,
+        "submitted_at": record.submitted_at,
+        "queue": record.queue,
+        "queue_job_id": record.queue_job_id,
+        "runs": {"total": total_runs(record), "successful": record.n_successful,
+                 "failed": record.n_failed, "missing": record.n_not_ready},
+    }
+
+
+def launch_rate(job: Job, state: JobState) -> tuple[float | None, float | None]:
+    """Runs processed per second by the job's latest launch, and seconds since it started.
+
+    The launch started when its ``launch.json`` was written; the runs it processed
+    are those it was given minus those still missing (failed runs count: they took
+    time too). For a queued SLURM job the time includes the wait in the queue.
+
+    Returns:
+        ``(rate_per_s, elapsed_s)``; each None when not known (no launch yet).
+    """
+    attempts = job.files.attempts()
+    if not attempts:
+        return None, None
+    latest = attempts[-1]
+    try:
+        started = job.files.launch(latest).stat().st_mtime
+        given = len(job.files.read_runs(latest))
+    except (OSError, ValueError):
+        return None, None
+    elapsed = max(time.time() - started, 0.0)
+    processed = given - len(state.missing)
+    if elapsed <= 0 or processed <= 0:
+        return None, elapsed
+    return processed / elapsed, elapsed
+
+
+def status_summary(job: Job, state: JobState) -> dict[str, Any]:
+    """The keys of ``parallelaverage status --json``: a job summary with its pace."""
+    rate, elapsed = launch_rate(job, state) if state.status == "running" else (None, None)
+    eta = len(state.missing) / rate if rate and state.missing else (0.0 if rate else None)
+    return {**job_summary(job.record), "elapsed_s": json_number(elapsed),
+            "rate_runs_per_s": json_number(rate), "eta_s": json_number(eta)}
+
+
+def _element_summary(element: Any) -> dict[str, Any]:
+    """One element of a result: an average (mean, error, range) or a value kept as is."""
+    if not isinstance(element, AveragedResult):
+        return {"averaged": False, "type": type(element).__name__, "shape": None, "count": None,
+                "mean": None, "error": None, "min": None, "max": None, "error_max": None}
+    mean, error = np.asarray(element.data), np.asarray(element.estimated_error)
+    scalar = mean.ndim == 0
+    mean_range, error_range = array_range(mean), array_range(error)
+    return {
+        "averaged": True, "type": mean.dtype.name, "shape": list(mean.shape), "count": int(element.count),
+        "mean": json_number(mean) if scalar else None, "error": json_number(error) if scalar else None,
+        "min": mean_range[0] if mean_range else None, "max": mean_range[1] if mean_range else None,
+        "error_max": error_range[1] if error_range else None,
+    }
+
+
+def result_summary(result: Any) -> dict[str, Any] | None:
+    """The ``result`` key of ``parallelaverage show --json``.
+
+    Returns:
+        None while nothing has finished; ``{"kind": "outputs", "runs": n}`` for a job
+        that keeps outputs (``@parallel``); ``{"kind": "average", "tuple": bool,
+        "elements": [...]}`` for an average, one element per averaged value (several
+        when the function returns a tuple).
+    """
+    if result is None:
+        return None
+    if isinstance(result, RunOutputs):
+        return {"kind": "outputs", "runs": len(result)}
+    elements = result if isinstance(result, tuple) else (result,)
+    return {"kind": "average", "tuple": isinstance(result, tuple),
+            "elements": [_element_summary(e) for e in elements]}
+
+
+def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
+    """The keys of ``parallelaverage show --json``: everything about one job."""
+    failed = list(state.failed.items())
+    return {
+        **job_summary(job.record),
+        "folder": str(job.files.dir),
+        "options": job.record.options,
+        "failed_runs": [encode_run_id(run) for run, _ in failed],
+        "missing_runs": [encode_run_id(run) for run in state.missing],
+        "first_failure": {"run": encode_run_id(failed[0][0]), "traceback": failed[0][1]} if failed else None,
+        "fatal": state.fatal,
+        "problems": list(state.problems),
+        "result": result_summary(result),
+    }
