@@ -99,8 +99,12 @@ class ParallelFunction:
         say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
              f"MPI ranks, {backend.name})")
         files = JobFiles(db.job_dir(record))
-        _, info = _jobs.launch(files, backend, run_ids(options.N_runs), options.N_tasks,
-                               dict(options.queue_options))
+        try:
+            _, info = _jobs.launch(files, backend, run_ids(options.N_runs), options.N_tasks,
+                                   dict(options.queue_options))
+        except BaseException:
+            db.update(record.job_name, status="submit_failed")  # reported as never launched
+            raise
         db.update(record.job_name, status="running", queue=backend.name,
                   queue_job_id=str(info.get("job_id", info.get("pid"))))
         return record

@@ -73,7 +73,8 @@ class Job:
         record = self.record
         state = _jobs.read_state(self.files, self.backend, self.all_runs,
                                  cancelled=record.status == "cancelled",
-                                 submitted_at=_timestamp(record.submitted_at))
+                                 submitted_at=None if record.status == "submit_failed"
+                                 else _timestamp(record.submitted_at))
         counts = dict(n_successful=len(state.successful), n_failed=len(state.failed),
                       n_not_ready=len(state.missing))
         status = "cancelled" if record.status == "cancelled" and state.status != "running" else state.status

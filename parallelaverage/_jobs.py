@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -79,8 +80,13 @@ def launch(files: JobFiles, backend: Backend, runs: list[Any], n_tasks: int,
             break
         except FileExistsError:
             attempt += 1
-    files.write_runs(attempt, runs)
-    info = backend.submit(files, attempt, min(n_tasks, len(runs)), queue_options)
+    try:
+        files.write_runs(attempt, runs)
+        info = backend.submit(files, attempt, min(n_tasks, len(runs)), queue_options)
+    except BaseException:
+        # nothing was started: leave no launch behind that would look like one running
+        shutil.rmtree(files.attempt_dir(attempt), ignore_errors=True)
+        raise
     atomic_write_bytes(files.launch(attempt), json.dumps(info).encode())
     return attempt, info
 

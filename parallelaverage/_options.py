@@ -43,7 +43,7 @@ class JobOptions:
         return self.N_runs if isinstance(self.N_runs, int) else math.prod(self.N_runs)
 
     def resolved_queuing_system(self) -> str:
-        """``auto`` becomes ``slurm`` when ``sbatch`` is on PATH (and the backend ships), else ``local``."""
+        """``auto`` becomes ``slurm`` where SLURM can be used, else ``local``."""
         return resolve_queuing_system(self.queuing_system)
 
     def recorded(self) -> dict[str, Any]:
@@ -56,15 +56,21 @@ class JobOptions:
         }
 
 
+def resolve_queuing_system(name: str) -> str:
+    """``auto``: ``slurm`` when ``sbatch`` is on PATH and a SLURM configuration is there
+    (``SLURM_CONF``, ``/etc/slurm/slurm.conf``, or configless SLURM's
+    ``/run/slurm/conf/slurm.conf``: the client tools are installed on many machines that
+    are no cluster), else ``local``."""
+    if name != "auto":
+        return name
+    configured = os.environ.get("SLURM_CONF") or any(
+        os.path.exists(p) for p in ("/etc/slurm/slurm.conf", "/run/slurm/conf/slurm.conf")  # configless
+    )
+    return "slurm" if _slurm_backend_available() and shutil.which("sbatch") and configured else "local"
+
+
 def _slurm_backend_available() -> bool:
     return importlib.util.find_spec("parallelaverage.backends.slurm") is not None
-
-
-def resolve_queuing_system(queuing_system: str) -> str:
-    """``auto`` becomes ``slurm`` when ``sbatch`` is on PATH (and the backend ships), else ``local``."""
-    if queuing_system != "auto":
-        return queuing_system
-    return "slurm" if _slurm_backend_available() and shutil.which("sbatch") else "local"
 
 
 def run_ids(N_runs: int | tuple[int, ...]) -> list[Any]:

@@ -110,6 +110,44 @@ def _static_runs(runs: list[Any]):
         yield run
 
 
+class Checkpoints:
+    """Signals turned into snapshots.
+
+    SIGUSR1 (SLURM's warning before the time limit, ``--signal=USR1@60``) asks for a
+    snapshot after the current run. SIGTERM (the time limit itself, ``scancel``,
+    ``cancel_job``) writes one at once and ends the rank, unless the rank is in the
+    middle of its bookkeeping: then right after it, so a snapshot is always consistent.
+    Installed first thing, so a signal during start-up ends the rank cleanly too.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.busy = False
+        self.terminating = 0
+        self.snapshot: Any = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.terminating = signum
+        if not self.busy:
+            self.exit_now()
+
+    def exit_now(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot()
+        sys.stdout.flush()
+        os._exit(128 + self.terminating)
+
+
+CHECKPOINTS = Checkpoints()
+
+
 def execute(files: JobFiles, attempt: int, comm: Any) -> Progress:
     """Run this rank's share of the launch; return its progress (also on disk)."""
     rank = comm.Get_rank()
@@ -126,13 +164,16 @@ def execute(files: JobFiles, attempt: int, comm: Any) -> Progress:
         writer = OutputWriter(files.outputs(attempt, rank, payload.get("encoding", "pickle")), payload.get("encoding", "pickle"))
     recorder = RunRecorder(payload.get("average"), writer)
     snapshot_path = files.snapshot(attempt, rank)
-    checkpoint_now = [False]
-    signal.signal(signal.SIGUSR1, lambda *_: checkpoint_now.__setitem__(0, True))
+    checkpoints = CHECKPOINTS
 
     def snapshot() -> None:
+        checkpoints.busy = True
         if writer is not None:
             writer.flush()  # outputs are durable before a snapshot names their runs
         write_pickle(snapshot_path, recorder.progress)
+        checkpoints.busy = False
+
+    checkpoints.snapshot = snapshot
 
     clock = time.monotonic
     last_snapshot = clock()
@@ -142,13 +183,18 @@ def execute(files: JobFiles, attempt: int, comm: Any) -> Progress:
         try:
             output = function(*args, **kwargs)
         except Exception as error:
+            checkpoints.busy = True
             # the traceback from the user's function down, without the worker's frame
             recorder.failed(run, "".join(traceback.format_exception(type(error), error, error.__traceback__.tb_next)))
         else:
+            checkpoints.busy = True
             recorder.succeeded(run, output)
-        if checkpoint_now[0] or clock() - last_snapshot >= SNAPSHOT_INTERVAL_S:
+        checkpoints.busy = False
+        if checkpoints.terminating:
+            checkpoints.exit_now()
+        if checkpoints.requested or clock() - last_snapshot >= SNAPSHOT_INTERVAL_S:
             snapshot()
-            checkpoint_now[0] = False
+            checkpoints.requested = False
             last_snapshot = clock()
     snapshot()
     if writer is not None:
@@ -176,6 +222,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m parallelaverage.worker JOBDIR ATTEMPT", file=sys.stderr)
         return 2
+    CHECKPOINTS.install()
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD

@@ -69,6 +69,7 @@ def mpiexec_command(
     if mpi_flavour(mpiexec) == "openmpi":
         command.append("--oversubscribe")
         env["OMPI_MCA_btl"] = os.environ.get("OMPI_MCA_btl", "^ofi")
+        env["OMPI_MCA_osc"] = os.environ.get("OMPI_MCA_osc", "^ucx")  # silences a harmless UCX error per launch
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
