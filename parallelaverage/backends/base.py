@@ -6,12 +6,27 @@ start of a job's MPI ranks; a job has a first launch and one more per ``re_submi
 
 from __future__ import annotations
 
+import os
+import sys
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
 from parallelaverage._jobfiles import JobFiles
 
-__all__ = ["Backend", "LaunchState"]
+__all__ = ["Backend", "LaunchState", "worker_argv"]
+
+# Plain ``python -m`` puts the working directory first on sys.path, so that a source
+# checkout there (without its compiled extension) would shadow the installed package:
+# -P (Python >= 3.11) leaves it out; on 3.10 the -c form removes it.
+_WORKER_MAIN = "import sys; del sys.path[0]; from parallelaverage.worker import main; sys.exit(main(sys.argv[1:]))"
+
+
+def worker_argv(python: str, job_dir: str | os.PathLike[str], attempt: int) -> list[str]:
+    """The command every rank runs: ``python -P -m parallelaverage.worker JOBDIR LAUNCH``."""
+    job = [os.fspath(job_dir), str(attempt)]
+    if sys.version_info >= (3, 11):
+        return [python, "-P", "-m", "parallelaverage.worker", *job]
+    return [python, "-c", _WORKER_MAIN, *job]
 
 LaunchState = str
 """``"running"`` (queued or executing), ``"ended"`` (gone, by itself or killed)."""

@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 from parallelaverage._jobfiles import JobFiles, live_ranks
 from parallelaverage._jobfiles import process_start_ticks as _start_ticks
-from parallelaverage.backends.base import Backend
+from parallelaverage.backends.base import Backend, worker_argv
 from parallelaverage.backends.mpiexec import mpiexec_command
 
-__all__ = ["LocalBackend", "worker_command", "worker_environment"]
+__all__ = ["LocalBackend", "worker_environment"]
 
 # Runs the launcher, then writes its exit status atomically (tmp + mv) to $EXIT_FILE.
 _WRAPPER = '"$@"; code=$?; echo "$code" > "$EXIT_FILE.tmp" && mv "$EXIT_FILE.tmp" "$EXIT_FILE"; exit $code'
@@ -68,20 +68,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-# Plain ``python -m`` puts the working directory first on sys.path, so that a source
-# checkout there (without its compiled extension) would shadow the installed package:
-# -P (Python >= 3.11) leaves it out; on 3.10 the -c form removes it.
-_WORKER_MAIN = "import sys; del sys.path[0]; from parallelaverage.worker import main; sys.exit(main(sys.argv[1:]))"
-
-
-def worker_command(files: JobFiles, attempt: int) -> list[str]:
-    """The command every rank runs: ``python -P -m parallelaverage.worker JOBDIR LAUNCH``."""
-    job = [str(files.dir.resolve()), str(attempt)]
-    if sys.version_info >= (3, 11):
-        return [sys.executable, "-P", "-m", "parallelaverage.worker", *job]
-    return [sys.executable, "-c", _WORKER_MAIN, *job]
-
-
 def worker_environment() -> dict[str, str]:
     """The caller's environment plus its ``sys.path``, so the function's module imports."""
     paths = [os.path.abspath(p or os.getcwd()) for p in sys.path if os.path.isdir(p or os.getcwd())]
@@ -96,7 +82,7 @@ class LocalBackend(Backend):
     name = "local"
 
     def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        command, extra_env = mpiexec_command(n_tasks, worker_command(files, attempt))
+        command, extra_env = mpiexec_command(n_tasks, worker_argv(sys.executable, files.dir.resolve(), attempt))
         env = {
             **worker_environment(), **extra_env, "WRAPPER": _WRAPPER,
             "EXIT_FILE": str(files.exit_code(attempt).resolve()),

@@ -1,0 +1,394 @@
+"""The SLURM backend against real daemons: the single-node cluster of tests/slurm/cluster.sh.
+
+Skipped when no cluster is reachable (the skip message says how to start one); with
+``CI=true`` a missing cluster fails instead. Jobs run as root here, with the caller's
+working directory, and see the test's temporary databases directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import parallelaverage as pa
+from parallelaverage import JobEndedWarning, NotReadyWarning, cancel_job, dont_submit, parallel, parallel_average, re_submit, wait
+from parallelaverage._jobfiles import JobFiles
+from parallelaverage.backends import slurm as slurm_backend
+from parallelaverage.backends.slurm import SlurmBackend
+
+pytestmark = pytest.mark.slurm
+
+THIS = sys.modules[__name__]
+CLUSTER_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/parallelaverage-slurm"))
+HOW = ("start it with 'bash tests/slurm/cluster.sh up && source /tmp/parallelaverage-slurm/env' "
+       "(root, Debian 12; see tests/slurm/README.md)")
+
+
+def cluster_conf() -> str | None:
+    """SLURM_CONF, else the one the running test cluster wrote to its env file."""
+    if os.environ.get("SLURM_CONF"):
+        return os.environ["SLURM_CONF"]
+    try:
+        words = shlex.split((CLUSTER_DIR / "env").read_text())
+    except OSError:
+        return None
+    return next((w.split("=", 1)[1] for w in words if w.startswith("SLURM_CONF=")), None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    conf = cluster_conf()
+    problem = None
+    if shutil.which("sbatch") is None:
+        problem = "SLURM's client commands (sbatch) are not installed"
+    elif conf is None:
+        problem = "SLURM_CONF is unset and no test cluster is up"
+    else:
+        try:
+            probe = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True,
+                                   timeout=30, env={**os.environ, "SLURM_CONF": conf})
+            if probe.returncode != 0 or not probe.stdout.strip():
+                problem = f"the cluster of {conf} is not reachable ({probe.stderr.strip()})"
+        except subprocess.TimeoutExpired:
+            problem = f"the cluster of {conf} does not answer"
+    if problem:
+        message = f"no SLURM cluster: {problem}; {HOW}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires the SLURM tests to run: {message}")
+        pytest.skip(message)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", conf)
+        yield conf
+
+
+# ----------------------------------------------------------------- helpers
+def record(path: Path, job_name: str) -> dict:
+    return json.loads((path / ".parallelaverage" / job_name / "job.json").read_text())
+
+
+def attempt_dir(path: Path, job_name: str, attempt: int = 1) -> Path:
+    return path / ".parallelaverage" / job_name / "attempts" / str(attempt)
+
+
+def job_id(path: Path, job_name: str, attempt: int = 1) -> str:
+    return json.loads((attempt_dir(path, job_name, attempt) / "launch.json").read_text())["job_id"]
+
+
+def squeue(job: str) -> dict[str, str] | None:
+    """The job as squeue shows it (finished jobs included), None if unknown."""
+    done = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%i|%j|%T|%C"],
+                          capture_output=True, text=True, timeout=30)
+    for line in done.stdout.splitlines():
+        fields = line.strip().split("|")
+        if fields[0] == job:
+            return dict(zip(("id", "name", "state", "cpus"), fields))
+    return None
+
+
+def job_processes(job: str) -> list[tuple[int, str, str]]:
+    """(pid, comm, cmdline) of every live process of a SLURM job, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (f"SLURM_JOB_ID={job}".encode() in environ or f"slurmstepd: [{job}." in cmdline):
+            found.append((int(entry), comm, cmdline))
+    return found
+
+
+def ranks(job: str) -> list[int]:
+    return [pid for pid, comm, cmdline in job_processes(job)
+            if comm.startswith("python") and "parallelaverage.worker" in cmdline]
+
+
+def settle(function, *args, timeout_s: float, poll_s: float = 0.5):
+    """Call until the job is no longer running; return the last result and its warnings."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = dont_submit(function)(*args)
+        if not any(issubclass(w.category, NotReadyWarning) for w in caught):
+            return result, [str(w.message) for w in caught]
+        time.sleep(poll_s)
+    raise TimeoutError(f"job did not end within {timeout_s} s")
+
+
+# ----------------------------------------------------------------- the workflow
+def test_the_seed_example_on_slurm(tmp_path, capsys):
+    @parallel(N_runs=10, N_tasks=5, time="00:02:00", mem="1G", queuing_system="slurm", path=tmp_path,
+              pickle_by_value=[THIS])
+    def my_function(L):
+        from mpi4py import MPI
+
+        return np.random.rand(L), MPI.COMM_WORLD.Get_size(), os.environ["SLURM_JOB_ID"]
+
+    assert my_function(L=64) is None
+    assert "[parallelaverage] submitting job 1_my_function (10 runs on 5 MPI ranks, slurm)" in capsys.readouterr().out
+    job = job_id(tmp_path, "1_my_function")
+    seen = squeue(job)
+    assert seen is not None and seen["name"] == "1_my_function" and seen["cpus"] == "5", seen
+    assert record(tmp_path, "1_my_function")["queue_job_id"] == job
+    assert record(tmp_path, "1_my_function")["queue"] == "slurm"
+
+    outputs = wait(my_function)(L=64)
+    assert list(outputs) == list(range(10))
+    assert {outputs[run][1] for run in outputs} == {5}, "COMM_WORLD.size != N_tasks inside the job"
+    assert {outputs[run][2] for run in outputs} == {job}
+    assert all(outputs[run][0].shape == (64,) for run in outputs)
+    assert len({float(outputs[run][0][0]) for run in outputs}) == 10
+    assert record(tmp_path, "1_my_function")["status"] == "completed"
+    script = (attempt_dir(tmp_path, "1_my_function") / "job.sbatch").read_text()
+    assert "#SBATCH --ntasks=5\n#SBATCH --job-name=1_my_function\n" in script
+    assert "#SBATCH --time=00:02:00\n#SBATCH --mem=1G\n" in script
+    assert (attempt_dir(tmp_path, "1_my_function") / "exit_code").read_text() == "0\n"
+
+    # caching: the same call returns the stored outputs, submits nothing
+    again = my_function(64)
+    assert len(again) == 10 and np.array_equal(again[3][0], outputs[3][0])
+    assert "submitting" not in capsys.readouterr().out
+    assert JobFiles(tmp_path / ".parallelaverage" / "1_my_function").attempts() == [1]
+    assert sorted(p.name for p in (tmp_path / ".parallelaverage").iterdir() if p.name[0].isdigit()) == ["1_my_function"]
+
+
+def test_cancel_a_running_slurm_job(tmp_path):
+    @parallel_average(N_runs=4, N_tasks=2, time="00:05:00", queuing_system="slurm", path=tmp_path,
+                      pickle_by_value=[THIS])
+    def slow():
+        time.sleep(300)
+        return 1.0
+
+    slow()
+    job = job_id(tmp_path, "1_slow")
+    deadline = time.monotonic() + 60
+    while len(ranks(job)) < 2:
+        assert time.monotonic() < deadline, f"the job's 2 ranks did not start: {job_processes(job)} {squeue(job)}"
+        time.sleep(0.1)
+    assert squeue(job)["state"] == "RUNNING"
+
+    assert cancel_job(slow)() is None
+    assert ranks(job) == [], "ranks of the cancelled job survive"
+    deadline = time.monotonic() + 10
+    while job_processes(job):  # slurmstepd and the batch shell leave right after the ranks
+        assert time.monotonic() < deadline, f"processes of the cancelled job survive: {job_processes(job)}"
+        time.sleep(0.1)
+    assert squeue(job)["state"] == "CANCELLED"
+    cached = json.loads((attempt_dir(tmp_path, "1_slow") / "slurm_state").read_text())
+    assert cached["job_id"] == job and cached["state"] == "CANCELLED"
+    with pytest.warns(JobEndedWarning, match="job was cancelled with 4 of 4 runs missing; use re_submit"):
+        assert slow() is None
+    assert record(tmp_path, "1_slow")["status"] == "cancelled"
+
+
+def test_a_job_that_hits_its_time_limit_is_completed_by_re_submit(tmp_path, monkeypatch, capsys):
+    """160 runs of 1.5 s on 2 ranks need 120 s; SLURM ends the job 60-90 s after it starts.
+
+    Periodic snapshots are switched off, so every run the first launch keeps was saved by
+    the checkpoint the worker writes on SIGUSR1. ``signal="USR1@30"`` (instead of the
+    default 60 s warning, which with a 1-minute limit could arrive while the ranks start
+    up) lands one controller check (~30 s) before the kill.
+    """
+    monkeypatch.setenv("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "1000")
+    marker = tmp_path / "slow-runs"
+    marker.write_text("")
+
+    @parallel_average(N_runs=160, N_tasks=2, time="00:01:00", signal="USR1@30", queuing_system="slurm",
+                      path=tmp_path, pickle_by_value=[THIS])
+    def sleepy(marker_path):
+        if os.path.exists(marker_path):
+            time.sleep(1.5)
+        return float(pa.run_id())
+
+    started = time.monotonic()
+    sleepy(str(marker))
+    first = job_id(tmp_path, "1_sleepy")
+    partial, messages = settle(sleepy, str(marker), timeout_s=150, poll_s=1.0)
+    ended_after_s = time.monotonic() - started
+    cached = json.loads((attempt_dir(tmp_path, "1_sleepy") / "slurm_state").read_text())
+    assert cached["state"] == "TIMEOUT", (cached, messages)  # not FAILED: SIGUSR1 did not kill the ranks
+    assert 55 < ended_after_s < 120
+    assert "DUE TO TIME LIMIT" in (attempt_dir(tmp_path, "1_sleepy") / "stderr.txt").read_text()
+    assert partial is not None, f"no run survived the time limit: the SIGUSR1 checkpoint is missing ({messages})"
+    kept = len(partial.successful_run_ids)
+    assert 0 < kept < 160
+    assert any(f"job ended with {160 - kept} of 160 runs missing; use re_submit" in m for m in messages), messages
+
+    marker.unlink()
+    assert re_submit(sleepy)(str(marker)) is None
+    assert f"re-submitting {160 - kept} runs of job 1_sleepy" in capsys.readouterr().out
+    second = job_id(tmp_path, "1_sleepy", attempt=2)
+    assert second != first and record(tmp_path, "1_sleepy")["queue_job_id"] == second
+    result = wait(sleepy)(str(marker))
+    assert sorted(result.successful_run_ids) == list(range(160)) and result.failed_run_ids == []
+    assert np.isclose(result.data, 79.5, rtol=1e-14) and np.isclose(result.estimated_variance, np.var(np.arange(160.0), ddof=1))
+    assert record(tmp_path, "1_sleepy")["status"] == "completed"
+
+
+def test_option_errors_at_decoration_time_and_sbatch_refusals(tmp_path):
+    with pytest.raises(ValueError, match=r"partiton=\.\.\.: not an sbatch option parallelaverage knows; did you mean partition"):
+        parallel(N_runs=2, N_tasks=1, queuing_system="slurm", path=tmp_path, partiton="debug")
+    with pytest.raises(ValueError, match=r"output=\.\.\.: parallelaverage sets --output itself"):
+        parallel(N_runs=2, N_tasks=1, queuing_system="slurm", path=tmp_path, output="out.txt")
+    assert not (tmp_path / ".parallelaverage").exists()  # nothing was submitted
+
+    @parallel(N_runs=2, N_tasks=1, partition="nosuch", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
+    def nowhere():
+        return 1
+
+    with pytest.raises(RuntimeError, match=r"(?s)sbatch .*job\.sbatch failed \(exit status 1\):\n.*Invalid partition name specified"):
+        nowhere()
+
+
+def test_a_transient_sbatch_failure_is_retried(tmp_path, monkeypatch, capsys):
+    """sbatch fails twice as with a busy controller, then the real sbatch submits."""
+    real_sbatch = shutil.which("sbatch")
+    count = tmp_path / "count"
+    count.write_text("")
+    (tmp_path / "bin").mkdir()
+    flaky = tmp_path / "bin" / "sbatch"
+    flaky.write_text(f"""#!/bin/sh
+echo x >> {count}
+if [ "$(wc -l < {count})" -le 2 ]; then
+  echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1
+fi
+exec {real_sbatch} "$@"
+""")
+    flaky.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{flaky.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.05, 0.1, 0.2))
+
+    @parallel_average(N_runs=4, N_tasks=2, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
+    def simple():
+        return float(pa.run_id())
+
+    assert wait(simple)().data == 1.5
+    assert count.read_text().count("x") == 3
+    assert capsys.readouterr().err.count("retrying in") == 2
+
+
+def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(tmp_path, monkeypatch, capsys):
+    """sbatch times out after the controller accepted the job: the job is found, not re-submitted."""
+    real_sbatch = shutil.which("sbatch")
+    count = tmp_path / "count"
+    count.write_text("")
+    (tmp_path / "bin").mkdir()
+    lossy = tmp_path / "bin" / "sbatch"
+    lossy.write_text(f"""#!/bin/sh
+echo x >> {count}
+if [ "$(wc -l < {count})" -le 1 ]; then
+  {real_sbatch} "$@" > /dev/null
+  echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1
+fi
+exec {real_sbatch} "$@"
+""")
+    lossy.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{lossy.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.05, 0.1, 0.2))
+
+    @parallel_average(N_runs=4, N_tasks=2, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
+    def once():
+        return float(pa.run_id())
+
+    assert wait(once)().data == 1.5
+    assert count.read_text() == "x\n"  # no second sbatch
+    job = job_id(tmp_path, "1_once")
+    assert f"sbatch had succeeded after all: {job}" in capsys.readouterr().err
+    script = str(attempt_dir(tmp_path, "1_once") / "job.sbatch")
+    listed = subprocess.run(["squeue", "--noheader", "--states=all", "--name=1_once", "--format=%i|%o"],
+                            capture_output=True, text=True).stdout.split()
+    assert [line for line in listed if line.endswith("|" + script)] == [f"{job}|{script}"]
+
+
+def test_an_unreachable_controller_is_retried_then_reported(tmp_path, monkeypatch, slurm_cluster):
+    conf = Path(slurm_cluster).read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6899")
+    conf = conf.replace("MessageTimeout=10", "MessageTimeout=1")  # sbatch gives up after 1 s, not 10
+    (tmp_path / "slurm.conf").write_text(conf)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.05, 0.1))
+    files = JobFiles(tmp_path / ".parallelaverage" / "1_f")
+    files.attempt_dir(1).mkdir(parents=True)
+    with pytest.raises(RuntimeError, match=r"(?s)failed \(exit status 1, 3 tries\):\n.*Unable to contact slurm controller"):
+        SlurmBackend().submit(files, 1, 2, {"time": "1"})
+    with pytest.raises(RuntimeError, match=r"(?s)squeue failed \(exit status 1, 3 tries\):\n.*Unable to contact slurm controller"):
+        SlurmBackend().state(files, 1, {"job_id": "123"})
+
+
+def test_mpiexec_launcher_setup_lines_and_an_awkward_path(tmp_path):
+    path = tmp_path / "data base #1"
+    path.mkdir()
+
+    @parallel(N_runs=6, N_tasks=3, time="00:02:00", launcher="mpiexec", queuing_system="slurm", path=path,
+              setup=['export PA_SETUP_MARK="set by setup"', "cd /"], pickle_by_value=[THIS])
+    def where():
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD.Get_size(), os.environ.get("PA_SETUP_MARK"), os.getcwd()
+
+    outputs = wait(where)()
+    assert set(outputs.values()) == {(3, "set by setup", "/")}
+    script = (attempt_dir(path, "1_where") / "job.sbatch").read_text()
+    assert f'#SBATCH --output="{path}/.parallelaverage/1_where/attempts/1/stdout.txt"' in script
+    assert '-n "$SLURM_NTASKS"' in script and "srun" not in script
+
+
+def test_the_chdir_is_the_caller_s_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    @parallel(N_runs=2, N_tasks=2, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
+    def cwd():
+        return os.getcwd()
+
+    assert set(wait(cwd)().values()) == {str(tmp_path)}
+
+
+def test_states_asks_squeue_once_for_many_jobs(tmp_path, monkeypatch):
+    @parallel(N_runs=1, N_tasks=1, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
+    def nap(seconds):
+        time.sleep(seconds)
+
+    for i in range(3):
+        nap(4 + 0.1 * i)
+    names = sorted(p.name for p in (tmp_path / ".parallelaverage").iterdir() if p.name[0].isdigit())
+    launches = [(JobFiles(tmp_path / ".parallelaverage" / name), 1,
+                 json.loads((attempt_dir(tmp_path, name) / "launch.json").read_text())) for name in names]
+    gone = JobFiles(tmp_path / "gone")
+    gone.attempt_dir(1).mkdir(parents=True)
+    launches.append((gone, 1, {"job_id": "1"}))  # long purged by the controller: ended
+
+    calls = []
+    real_run = subprocess.run
+
+    def counting_run(argv, *args, **kwargs):
+        calls.append(argv[0])
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    backend = SlurmBackend()
+    assert backend.states(launches) == ["running", "running", "running", "ended"]
+    assert calls == ["squeue"]
+    assert backend.states(launches[:3]) == ["running"] * 3  # asked less than squeue_interval_s ago
+    assert calls == ["squeue"]
+    monkeypatch.setattr(slurm_backend.subprocess, "run", real_run)
+    for i in range(3):
+        wait(nap)(4 + 0.1 * i)
+    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    calls.clear()
+    assert backend.states(launches[:3]) == ["ended"] * 3
+    assert calls == []  # the exit_code files answer
