@@ -11,6 +11,7 @@ Layout of ``<path>/.parallelaverage/<index>_<function>/``::
     attempts/<k>/outputs-r<rank>.{pkl,jsonl}  every run's output, appended once
     attempts/<k>/rank-r<rank>.json     host, pid and start time of each rank
     attempts/<k>/sealed.pkl  the launch's progress frozen when a later launch was made
+    attempts/<k>/launcher.pid  the local mpiexec's pid (local backend)
     attempts/<k>/exit_code   the launcher's exit status, written when it ends
     attempts/<k>/stdout.txt, stderr.txt
 

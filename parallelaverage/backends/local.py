@@ -24,8 +24,9 @@ from parallelaverage.backends.mpiexec import mpiexec_command
 
 __all__ = ["LocalBackend", "worker_environment"]
 
-# Runs the launcher, then writes its exit status atomically (tmp + mv) to $EXIT_FILE.
-_WRAPPER = '"$@"; code=$?; echo "$code" > "$EXIT_FILE.tmp" && mv "$EXIT_FILE.tmp" "$EXIT_FILE"; exit $code'
+# Runs the launcher, records its pid, then writes its exit status atomically (tmp + mv).
+_WRAPPER = ('"$@" & child=$!; echo "$child" > "$PID_FILE"; wait "$child"; code=$?; '
+            'echo "$code" > "$EXIT_FILE.tmp" && mv "$EXIT_FILE.tmp" "$EXIT_FILE"; exit $code')
 # Starts the wrapper in the background and prints its pid, then exits: the wrapper is orphaned.
 _DETACH = '/bin/sh -c "$WRAPPER" sh "$@" </dev/null >>"$OUT_FILE" 2>>"$ERR_FILE" & echo $!'
 
@@ -68,6 +69,20 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def launcher_pid_file(files: JobFiles, attempt: int) -> Path:
+    return files.attempt_dir(attempt) / "launcher.pid"
+
+
+def _launcher_alive(files: JobFiles, attempt: int) -> bool:
+    """Whether the mpiexec of a launch still runs (its pid, checked against its command line)."""
+    try:
+        pid = int(launcher_pid_file(files, attempt).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return _start_ticks(pid) is not None and os.fsencode(str(files.dir.resolve())) in cmdline
+
+
 def worker_environment() -> dict[str, str]:
     """The caller's environment plus its ``sys.path``, so the function's module imports."""
     paths = [os.path.abspath(p or os.getcwd()) for p in sys.path if os.path.isdir(p or os.getcwd())]
@@ -86,6 +101,7 @@ class LocalBackend(Backend):
         env = {
             **worker_environment(), **extra_env, "WRAPPER": _WRAPPER,
             "EXIT_FILE": str(files.exit_code(attempt).resolve()),
+            "PID_FILE": str(launcher_pid_file(files, attempt).resolve()),
             "OUT_FILE": str(files.stdout(attempt).resolve()), "ERR_FILE": str(files.stderr(attempt).resolve()),
         }
         # a session of its own: no SIGHUP or Ctrl-C of the caller reaches the job
@@ -95,10 +111,12 @@ class LocalBackend(Backend):
         return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "command": command}
 
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
-        """Running while the launcher lives, and after it while any of its ranks does
-        (a rank that outlives a killed launcher would still claim runs and write)."""
-        ended = files.exit_code(attempt).exists() or not _alive(int(launch["pid"]), launch.get("start_ticks"))
-        return "running" if not ended or live_ranks(files, attempt) else "ended"
+        """Running while the wrapper, mpiexec or any rank lives: a rank or an mpiexec that
+        outlives a killed wrapper still claims runs and writes snapshots."""
+        if not files.exit_code(attempt).exists():
+            if _alive(int(launch["pid"]), launch.get("start_ticks")) or _launcher_alive(files, attempt):
+                return "running"
+        return "running" if live_ranks(files, attempt) else "ended"
 
     def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any], grace_s: float = 3.0) -> None:
         """SIGTERM the launcher and every process below it, then SIGKILL what is left.
