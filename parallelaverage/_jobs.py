@@ -181,7 +181,7 @@ def read_state(files: JobFiles, backend: Backend, all_runs: list[Any], *, cancel
             problems.append(f"launch {attempt}: {error}")
     successful = list(dict.fromkeys(total.finished))
     done = set(successful)
-    failed = {run: message for run, message in total.failed.items() if run not in done}
+    failed = {run: total.failed[run] for run in all_runs if run in total.failed and run not in done}
     missing = [run for run in all_runs if run not in done and run not in failed]
     if running:
         status = "running"
