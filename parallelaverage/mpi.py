@@ -18,6 +18,7 @@ reduction op runs the native Chan merge.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Iterator, Sequence
 
@@ -138,6 +139,26 @@ def _merge_op(inbuf: Any, inoutbuf: Any, datatype: MPI.Datatype) -> None:
 
 _op: MPI.Op | None = None
 
+_SPARE_MAX_BYTES = 64 << 20
+_spare: dict[int, np.ndarray] = {}
+
+
+def _result_buffer(like: np.ndarray) -> np.ndarray:
+    """A buffer for an allreduce result: the previous one of this size if nothing else
+    holds it any more, else a new one (kept for next time when at most 64 MiB).
+
+    Fresh memory costs first-touch page faults: about 13 ms for a state of 10^6
+    elements on the measured machine, as much as the Allreduce itself.
+    """
+    spare = _spare.get(like.size)
+    if spare is not None and sys.getrefcount(spare) == 3:  # _spare, `spare`, the argument
+        return spare
+    buffer = np.empty_like(like)
+    if buffer.nbytes <= _SPARE_MAX_BYTES:
+        _spare.clear()
+        _spare[like.size] = buffer
+    return buffer
+
 
 def _merge_operator() -> MPI.Op:
     global _op
@@ -187,7 +208,7 @@ def allreduce(acc: Welford, comm: MPI.Comm | None = None, *, inplace: bool = Fal
         send = acc._state
     # a buffer made here (empty or promoted state) can be reduced into directly
     in_place = inplace or send is not acc._state
-    receive = send if in_place else np.empty_like(send)
+    receive = send if in_place else _result_buffer(send)
     datatype = MPI.DOUBLE.Create_contiguous(send.size).Commit()
     try:
         source = MPI.IN_PLACE if in_place else [send, 1, datatype]

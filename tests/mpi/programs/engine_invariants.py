@@ -106,6 +106,17 @@ for run in range(40):
     assert merged[run] == expected.tolist()
 assert len({tuple(v) for v in merged.values()}) == 40
 
+# 8. result buffers are recycled only when nothing holds the previous result
+acc = Welford()
+acc.add(np.full(50, float(rank)))
+first = mpi.allreduce(acc, comm)
+kept = first.mean.copy()
+second = mpi.allreduce(acc, comm)
+assert first._state is not second._state and np.array_equal(first.mean, kept)
+del first
+third = mpi.allreduce(acc, comm)
+assert third._state is not second._state and np.array_equal(third.mean, second.mean)
+
 comm.Barrier()
 if rank == 0:
     print(f"ENGINE-OK {size}")
