@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from parallelaverage._cleanup import cleanup
 from parallelaverage._cli_text import age, ids_text, indent, pairs_text, result_lines, table, when
-from parallelaverage._job import Job
+from parallelaverage._job import Job, prefetch_states
 from parallelaverage._jobs import JobState
 from parallelaverage._progress import ProgressBar, progress_text
 from parallelaverage._summary import detail_summary, job_summary, status_summary, total_runs
@@ -156,10 +156,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                              f"the arguments are: {', '.join(known) or '(none)'}")
     records = [r for r in records if all(n in r.arguments and _argument_matches(r.arguments[n], v)
                                          for n, v in wanted)]
+    live = {r.job_name: Job(db, r) for r in records if r.status in LIVE_STATUSES}
+    prefetch_states(list(live.values()))  # one queue query for all of them
     fresh = []
     for record in records:
-        if record.status in LIVE_STATUSES:
-            job = Job(db, record)
+        if record.job_name in live:
+            job = live[record.job_name]
             refresh(job)
             record = job.record
         fresh.append(record)
@@ -209,6 +211,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         jobs = [resolve_job(db, name) for name in args.jobs]
     else:
         jobs = [Job(db, r) for r in db.scan().records if r.status in LIVE_STATUSES]
+    prefetch_states(jobs)  # one queue query for all of them
     summaries = _status_summaries(jobs)
     if not args.jobs:
         keep = [i for i, job in enumerate(jobs) if job.record.status == "running"]
@@ -234,7 +237,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not args.watch or all(job.record.status != "running" for job in jobs):
             return 0
         time.sleep(args.interval)
-        summaries = _status_summaries(jobs)
+        prefetch_states(jobs)  # one queue query for all of them
+    summaries = _status_summaries(jobs)
 
 
 def _read_result(job: Job, state: JobState) -> Any:

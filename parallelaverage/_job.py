@@ -8,7 +8,7 @@ import json
 import time
 import warnings
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from parallelaverage import _jobs
 from parallelaverage._jobfiles import JobFiles
@@ -17,7 +17,7 @@ from parallelaverage._progress import ProgressBar
 from parallelaverage.backends.base import Backend
 from parallelaverage.jobdb import JobDatabase, JobRecord
 
-__all__ = ["Job"]
+__all__ = ["Job", "prefetch_states"]
 
 PREFIX = "[parallelaverage]"
 
@@ -156,3 +156,24 @@ class Job:
                 text = path.read_text(errors="replace") if path.exists() else ""
                 parts.append(f"----- {path} -----\n{text}{'' if text.endswith(chr(10)) or not text else chr(10)}")
         return "".join(parts)
+
+
+def prefetch_states(jobs: Sequence[Job]) -> None:
+    """Ask each queue once about every launch of ``jobs`` (SLURM: one ``squeue`` call).
+
+    The backends remember what they saw for a moment, so the ``Job.state()`` calls that
+    follow, one per job, ask the queue nothing more. For listings of a whole database.
+    """
+    by_backend: dict[str, list[tuple[JobFiles, int, Any]]] = {}
+    for job in jobs:
+        for attempt in job.files.attempts():
+            try:
+                info = json.loads(job.files.launch(attempt).read_bytes())
+            except (OSError, ValueError):
+                continue
+            by_backend.setdefault(job.record.queue or "local", []).append((job.files, attempt, info))
+    for name, launches in by_backend.items():
+        try:
+            _jobs.backend_for(name).states(launches)
+        except (RuntimeError, ValueError, OSError):
+            pass  # each job's own query will report it

@@ -159,15 +159,20 @@ def read_state(files: JobFiles, backend: Backend, all_runs: list[Any], *, cancel
     running = False
     fatal = None
     launches = []
+    infos: dict[int, Any] = {}
     for attempt in files.attempts():
         try:
-            info = json.loads(files.launch(attempt).read_bytes())
+            infos[attempt] = json.loads(files.launch(attempt).read_bytes())
         except FileNotFoundError:
-            info = None  # being launched by another caller right now
+            infos[attempt] = None  # being launched by another caller right now
         except ValueError:
             problems.append(f"{files.launch(attempt)} is corrupt")
-            info = {}
-        if info is None or (info and backend.state(files, attempt, info) == "running"):
+            infos[attempt] = {}
+    asked = [(files, attempt, info) for attempt, info in infos.items() if info]
+    running_attempts = {attempt for (_, attempt, _), launch_state in zip(asked, backend.states(asked))
+                        if launch_state == "running"}
+    for attempt, info in infos.items():
+        if info is None or attempt in running_attempts:
             running = True
         if info:
             launches.append(info)

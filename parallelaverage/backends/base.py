@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from parallelaverage._jobfiles import JobFiles
 
@@ -44,6 +44,11 @@ class Backend(ABC):
     @abstractmethod
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> LaunchState:
         """Whether the launch is still ``"running"`` or has ``"ended"``."""
+
+    def states(self, launches: Sequence[tuple[JobFiles, int, Mapping[str, Any]]]) -> list[LaunchState]:
+        """The states of many launches at once; backends with a queue to ask override it
+        to ask once for all (SLURM: one ``squeue`` call)."""
+        return [self.state(files, attempt, launch) for files, attempt, launch in launches]
 
     @abstractmethod
     def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> None:

@@ -377,6 +377,20 @@ class Catalog:
 
     # ------------------------------------------------------- running jobs
 
+    def _prefetch(self, names: list[str]) -> None:
+        """One queue query for every due job that may be running (SLURM: one squeue)."""
+        from parallelaverage._job import Job, prefetch_states  # the job layer, loaded only once needed
+
+        jobs = []
+        for name in names:
+            try:
+                record = self.db.load(name)
+            except Exception:  # reported by the per-job update that follows
+                continue
+            if record.status in ACTIVE_STATUSES:
+                jobs.append(Job(self.db, record))
+        prefetch_states(jobs)
+
     def refresh_live(self, job_names: Iterable[str]) -> None:
         """Recount the runs of these jobs if they are still active.
 
@@ -391,6 +405,7 @@ class Catalog:
         with self._live_lock:
             due = [n for n in job_names if started - self._live_at.get(n, -math.inf) >= self.live_interval_s]
             due.sort(key=lambda n: self._live_at.get(n, -math.inf))
+        self._prefetch(due)
         for name in due:
             if time.monotonic() - started > self.live_budget_s:
                 break

@@ -392,3 +392,32 @@ def test_states_asks_squeue_once_for_many_jobs(tmp_path, monkeypatch):
     calls.clear()
     assert backend.states(launches[:3]) == ["ended"] * 3
     assert calls == []  # the exit_code files answer
+
+
+def test_a_database_listing_asks_squeue_once(tmp_path, monkeypatch):
+    from parallelaverage._job import Job, prefetch_states
+    from parallelaverage.jobdb import JobDatabase
+
+    @parallel(N_runs=1, N_tasks=1, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
+    def doze(seconds):
+        time.sleep(seconds)
+
+    for i in range(4):
+        doze(5 + 0.1 * i)
+    calls = []
+    real_run = subprocess.run
+
+    def counting_run(argv, *args, **kwargs):
+        calls.append(argv[0])
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(slurm_backend, "_SEEN_RUNNING", {})
+    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    db = JobDatabase(tmp_path)
+    jobs = [Job(db, record) for record in db.jobs()]
+    prefetch_states(jobs)
+    assert [job.state().status for job in jobs] == ["running"] * 4
+    assert calls == ["squeue"]  # one query for the whole database, then none per job
+    monkeypatch.setattr(slurm_backend.subprocess, "run", real_run)
+    for i in range(4):
+        wait(doze)(5 + 0.1 * i)
