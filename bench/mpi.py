@@ -70,7 +70,6 @@ def bench_allreduce(comm, n: int) -> dict:
 
 
 def bench_counter(comm, seconds: float = 1.0) -> dict:
-    from mpi4py import MPI
 
     from parallelaverage import mpi
 
@@ -88,7 +87,6 @@ def trivial(i: int) -> np.ndarray:
 
 
 def bench_overhead(comm, n_runs: int = 20_000) -> dict:
-    from mpi4py import MPI
 
     from parallelaverage import mpi
     from parallelaverage.stats import Welford

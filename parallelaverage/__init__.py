@@ -41,7 +41,7 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs: the same names, imported eagerly
     from parallelaverage._cleanup import cleanup
     from parallelaverage._context import rng, run_id
     from parallelaverage._decorators import (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,6 @@ import parallelaverage as pa
 from parallelaverage import (
     JobEndedWarning,
     NoJobError,
-    NotReadyWarning,
     RunsFailedWarning,
     WeightedSample,
     cancel_job,
