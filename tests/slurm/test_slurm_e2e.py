@@ -256,23 +256,43 @@ def test_option_errors_at_decoration_time_and_sbatch_refusals(tmp_path):
         nowhere()
 
 
-def test_a_transient_sbatch_failure_is_retried(tmp_path, monkeypatch, capsys):
-    """sbatch fails twice as with a busy controller, then the real sbatch submits."""
-    real_sbatch = shutil.which("sbatch")
+def shimmed_sbatch(tmp_path: Path, monkeypatch, first_calls: int, failing_call: str) -> Path:
+    """Put an ``sbatch`` first on PATH whose first ``first_calls`` calls run ``failing_call``
+    (shell, ``$REAL`` is the real sbatch) and later ones the real sbatch; return its call log."""
     count = tmp_path / "count"
     count.write_text("")
     (tmp_path / "bin").mkdir()
-    flaky = tmp_path / "bin" / "sbatch"
-    flaky.write_text(f"""#!/bin/sh
+    shim = tmp_path / "bin" / "sbatch"
+    shim.write_text(f"""#!/bin/sh
+REAL={shutil.which("sbatch")}
 echo x >> {count}
-if [ "$(wc -l < {count})" -le 2 ]; then
-  echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1
+if [ "$(wc -l < {count})" -le {first_calls} ]; then
+  {failing_call}
 fi
-exec {real_sbatch} "$@"
+exec "$REAL" "$@"
 """)
-    flaky.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{flaky.parent}{os.pathsep}{os.environ['PATH']}")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.05, 0.1, 0.2))
+    return count
+
+
+def counting_subprocess_runs(monkeypatch) -> list[str]:
+    """Record the program of every subprocess.run the SLURM backend makes (and run it)."""
+    calls: list[str] = []
+    real_run = subprocess.run
+
+    def counting_run(argv, *args, **kwargs):
+        calls.append(argv[0])
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    return calls
+
+
+def test_a_transient_sbatch_failure_is_retried(tmp_path, monkeypatch, capsys):
+    """sbatch fails twice as with a busy controller, then the real sbatch submits."""
+    count = shimmed_sbatch(tmp_path, monkeypatch, 2, 'echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1')
 
     @parallel_average(N_runs=4, N_tasks=2, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
     def simple():
@@ -285,22 +305,7 @@ exec {real_sbatch} "$@"
 
 def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(tmp_path, monkeypatch, capsys):
     """sbatch times out after the controller accepted the job: the job is found, not re-submitted."""
-    real_sbatch = shutil.which("sbatch")
-    count = tmp_path / "count"
-    count.write_text("")
-    (tmp_path / "bin").mkdir()
-    lossy = tmp_path / "bin" / "sbatch"
-    lossy.write_text(f"""#!/bin/sh
-echo x >> {count}
-if [ "$(wc -l < {count})" -le 1 ]; then
-  {real_sbatch} "$@" > /dev/null
-  echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1
-fi
-exec {real_sbatch} "$@"
-""")
-    lossy.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{lossy.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.05, 0.1, 0.2))
+    count = shimmed_sbatch(tmp_path, monkeypatch, 1, '"$REAL" "$@" > /dev/null; echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1')
 
     @parallel_average(N_runs=4, N_tasks=2, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])
     def once():
@@ -372,24 +377,16 @@ def test_states_asks_squeue_once_for_many_jobs(tmp_path, monkeypatch):
     gone.attempt_dir(1).mkdir(parents=True)
     launches.append((gone, 1, {"job_id": "1"}))  # long purged by the controller: ended
 
-    calls = []
-    real_run = subprocess.run
-
-    def counting_run(argv, *args, **kwargs):
-        calls.append(argv[0])
-        return real_run(argv, *args, **kwargs)
-
-    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    calls = counting_subprocess_runs(monkeypatch)
     backend = SlurmBackend()
     assert backend.states(launches) == ["running", "running", "running", "ended"]
     assert calls == ["squeue"]
     assert backend.states(launches[:3]) == ["running"] * 3  # asked less than squeue_interval_s ago
     assert calls == ["squeue"]
-    monkeypatch.setattr(slurm_backend.subprocess, "run", real_run)
+    monkeypatch.undo()
     for i in range(3):
         wait(nap)(4 + 0.1 * i)
-    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
-    calls.clear()
+    calls = counting_subprocess_runs(monkeypatch)
     assert backend.states(launches[:3]) == ["ended"] * 3
     assert calls == []  # the exit_code files answer
 
@@ -404,20 +401,13 @@ def test_a_database_listing_asks_squeue_once(tmp_path, monkeypatch):
 
     for i in range(4):
         doze(5 + 0.1 * i)
-    calls = []
-    real_run = subprocess.run
-
-    def counting_run(argv, *args, **kwargs):
-        calls.append(argv[0])
-        return real_run(argv, *args, **kwargs)
-
     monkeypatch.setattr(slurm_backend, "_SEEN_RUNNING", {})
-    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    calls = counting_subprocess_runs(monkeypatch)
     db = JobDatabase(tmp_path)
     jobs = [Job(db, record) for record in db.jobs()]
     prefetch_states(jobs)
     assert [job.state().status for job in jobs] == ["running"] * 4
     assert calls == ["squeue"]  # one query for the whole database, then none per job
-    monkeypatch.setattr(slurm_backend.subprocess, "run", real_run)
+    monkeypatch.undo()
     for i in range(4):
         wait(doze)(5 + 0.1 * i)
