@@ -1,12 +1,15 @@
 """The MPI engine against plain MPI, measured in the same run.
 
-    python bench/mpi.py [--ranks 2 4] [--sizes 1e5 1e6 1e7]
+    python bench/mpi.py [--ranks 2 4] [--sizes 1e5 1e6 1e7] [--crossover]
 
 * allreduce of a Welford state of n float64 elements (3n + 2 doubles on the wire)
   versus a plain SUM ``Allreduce`` of the same number of doubles;
 * the shared counter: claims per second per rank with ``chunk=1`` and an empty body;
 * per-run engine overhead: a trivial function returning 10 floats, 20,000 runs,
-  ``dynamic_range`` + ``Welford.add`` + ``allreduce``, minus the function alone.
+  ``dynamic_range`` + ``Welford.add`` + ``allreduce``, minus the function alone;
+* with ``--crossover``: both allreduce algorithms forced (one ``MPI_Allreduce`` with the
+  merge op, and the slice-by-slice reduce-scatter), on small states, to place
+  ``mpi.SPLIT_MIN_BYTES_PER_RANK``.
 
 Each time is the median of several samples of back-to-back calls after a Barrier,
 max over ranks. Starts itself under ``mpiexec -n P``; the last line printed is one JSON
@@ -69,6 +72,34 @@ def bench_allreduce(comm, n: int) -> dict:
             "welford_allreduce_inplace_s": in_place, "ratio_inplace": in_place / baseline}
 
 
+def bench_crossover(comm, sizes: list[int]) -> list[dict]:
+    """Both allreduce algorithms forced, against SUM, where the choice between them flips."""
+    from mpi4py import MPI
+
+    from parallelaverage import mpi
+    from parallelaverage.stats import Welford
+
+    rows = []
+    default = mpi.SPLIT_MIN_BYTES_PER_RANK
+    try:
+        for n in sizes:
+            acc = Welford()
+            for seed in range(3):
+                acc.add(np.random.default_rng([comm.rank, seed]).standard_normal(n))
+            send, receive = np.ones(acc._state.size), np.empty(acc._state.size)
+            inner = max(1, 200_000 // n)
+            baseline = timed(comm, lambda: comm.Allreduce(send, receive, op=MPI.SUM), 15, inner)
+            mpi.SPLIT_MIN_BYTES_PER_RANK = 1 << 62
+            whole = timed(comm, lambda: mpi.allreduce(acc, comm), 15, inner)
+            mpi.SPLIT_MIN_BYTES_PER_RANK = 0
+            split = timed(comm, lambda: mpi.allreduce(acc, comm), 15, inner)
+            rows.append({"n": n, "state_bytes": send.nbytes, "sum_allreduce_s": baseline,
+                         "ratio_whole": whole / baseline, "ratio_split": split / baseline})
+    finally:
+        mpi.SPLIT_MIN_BYTES_PER_RANK = default
+    return rows
+
+
 def bench_counter(comm, seconds: float = 1.0) -> dict:
 
     from parallelaverage import mpi
@@ -113,10 +144,16 @@ def bench_overhead(comm, n_runs: int = 20_000) -> dict:
     }
 
 
-def child(sizes: list[int]) -> None:
+def child(sizes: list[int], crossover: bool) -> None:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    if crossover:
+        figures = {"ranks": comm.size, "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+                   "crossover": bench_crossover(comm, sizes)}
+        if comm.rank == 0:
+            print(json.dumps(figures), flush=True)
+        return
     figures = {
         "ranks": comm.size,
         "mpi": MPI.Get_library_version().splitlines()[0].strip(),
@@ -131,17 +168,28 @@ def child(sizes: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    parser.add_argument("--sizes", type=float, nargs="+", default=None,
+                        help="state sizes in elements (default 1e5 1e6 1e7; 3e2..1e5 with --crossover)")
+    parser.add_argument("--crossover", action="store_true",
+                        help="time both allreduce algorithms on small states instead")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes]
+    default_sizes = [3e2, 1e3, 3e3, 1e4, 3e4, 1e5] if args.crossover else [1e5, 1e6, 1e7]
+    sizes = [int(s) for s in (args.sizes or default_sizes)]
     if _launch.is_child():
-        child(sizes)
+        child(sizes, args.crossover)
         return
     results = []
     for ranks in args.ranks:
-        figures = _launch.run_under_mpiexec(__file__, ranks, ["--sizes", *map(str, sizes)])
+        extra = ["--crossover"] if args.crossover else []
+        figures = _launch.run_under_mpiexec(__file__, ranks, ["--sizes", *map(str, sizes), *extra])
         results.append(figures)
         print(f"\n{ranks} ranks, {figures['mpi']}")
+        if args.crossover:
+            print(f"{'n':>10} {'state':>10} {'SUM Allreduce':>14} {'one Allreduce':>14} {'slices':>8}")
+            for row in figures["crossover"]:
+                print(f"{row['n']:>10.0e} {row['state_bytes'] / 1e3:>7.0f} kB {row['sum_allreduce_s'] * 1e6:>11.1f} us "
+                      f"{row['ratio_whole']:>13.2f}x {row['ratio_split']:>7.2f}x")
+            continue
         print(f"{'n':>10} {'SUM Allreduce':>14} {'allreduce':>12} {'ratio':>7} {'inplace':>12} {'ratio':>7}")
         for row in figures["allreduce"]:
             print(f"{row['n']:>10.0e} {row['sum_allreduce_s'] * 1e3:>11.2f} ms {row['welford_allreduce_s'] * 1e3:>9.2f} ms "
@@ -150,7 +198,7 @@ def main() -> None:
         print(f"counter: {c['claims_per_s_per_rank_min']:,.0f} claims/s per rank (slowest rank)")
         print(f"per run ({o['runs']} runs): {o['per_run_total_us']:.2f} us total, "
               f"{o['per_run_function_us']:.2f} us the function, {o['per_run_engine_overhead_us']:.2f} us engine")
-    print(json.dumps({"bench": "mpi", "results": results}))
+    print(json.dumps({"bench": "mpi" if not args.crossover else "mpi-crossover", "results": results}))
 
 
 if __name__ == "__main__":

@@ -153,6 +153,22 @@ merge_arrays(double *restrict shift_a, double *restrict mean_a, double *restrict
     }
 }
 
+/* Chan's merge written to a third state: out = a (+) b over k doubles. */
+KERNEL_CLONES static void
+merge_arrays_to(double *restrict shift_o, double *restrict mean_o, double *restrict m2_o,
+                const double *restrict shift_a, const double *restrict mean_a,
+                const double *restrict m2_a, const double *restrict shift_b,
+                const double *restrict mean_b, const double *restrict m2_b,
+                Py_ssize_t k, double fb, double c)
+{
+    for (Py_ssize_t i = 0; i < k; i++) {
+        double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);
+        shift_o[i] = shift_a[i];
+        mean_o[i] = mean_a[i] + delta * fb;
+        m2_o[i] = m2_a[i] + m2_b[i] + delta * delta * c;
+    }
+}
+
 /* ------------------------------------------------------- state buffers */
 
 typedef struct {
@@ -182,6 +198,14 @@ get_state(PyObject *obj, state_view *s, int writable, const char *name)
     s->data = (double *)s->view.buf;
     s->k = (n - 2) / 3;
     return 0;
+}
+
+/* Whether two packed states of k elements share any memory. */
+static int
+ranges_overlap(const double *x, const double *y, Py_ssize_t k)
+{
+    Py_ssize_t n = 2 + 3 * k;
+    return x < y + n && y < x + n;
 }
 
 /* ------------------------------------------------------------ functions */
@@ -320,9 +344,90 @@ native_merge(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(merge_range_doc,
+"merge_range(out, a, b, lo, hi, w_a, w_b)\n--\n\n"
+"Chan's merge restricted to elements lo..hi-1 of each section of three packed\n"
+"states of the same size: out = a (+) b there, given the total weights w_a and\n"
+"w_b of the (non-empty) states a and b. `out` may be `a` itself but must not\n"
+"overlap `b`. Headers are left alone: the caller knows the merged count and W.\n"
+"This is the step of a reduce-scatter, where each rank merges one slice.");
+
+static PyObject *
+native_merge_range(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "merge_range(out, a, b, lo, hi, w_a, w_b) takes 7 arguments");
+        return NULL;
+    }
+    Py_ssize_t lo, hi;
+    double wa, wb;
+    if ((lo = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred()) return NULL;
+    if ((hi = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred()) return NULL;
+    if ((wa = PyFloat_AsDouble(args[5])) == -1.0 && PyErr_Occurred()) return NULL;
+    if ((wb = PyFloat_AsDouble(args[6])) == -1.0 && PyErr_Occurred()) return NULL;
+    state_view o, a, b;
+    if (get_state(args[0], &o, 1, "out") < 0) {
+        return NULL;
+    }
+    if (get_state(args[1], &a, 0, "a") < 0) {
+        PyBuffer_Release(&o.view);
+        return NULL;
+    }
+    if (get_state(args[2], &b, 0, "b") < 0) {
+        PyBuffer_Release(&o.view);
+        PyBuffer_Release(&a.view);
+        return NULL;
+    }
+    Py_ssize_t k = o.k;
+    if (a.k != k || b.k != k) {
+        PyErr_Format(PyExc_ValueError, "states differ in size: %zd, %zd and %zd elements", o.k, a.k, b.k);
+        goto done;
+    }
+    if (lo < 0 || hi < lo || hi > k) {
+        PyErr_Format(PyExc_ValueError, "range %zd..%zd is outside a state of %zd elements", lo, hi, k);
+        goto done;
+    }
+    const double *da = a.data, *db = b.data;
+    double *dout = o.data;
+    if (dout != da && ranges_overlap(dout, da, k)) {
+        PyErr_SetString(PyExc_ValueError, "out must be a itself or not overlap it");
+        goto done;
+    }
+    if (ranges_overlap(dout, db, k)) {
+        PyErr_SetString(PyExc_ValueError, "out must not overlap b");
+        goto done;
+    }
+    double w = wa + wb;
+    double fb = w > 0.0 ? wb / w : 0.0;
+    double c = w > 0.0 ? wa * fb : 0.0;
+    Py_ssize_t n = hi - lo;
+    const double *sa = da + 2 + lo, *sb = db + 2 + lo;
+    double *so = dout + 2 + lo;
+    int release = n >= RELEASE_GIL_MIN_ELEMENTS;
+    PyThreadState *ts = release ? PyEval_SaveThread() : NULL;
+    if (dout == da) {
+        merge_arrays(so, so + k, so + 2 * k, sb, sb + k, sb + 2 * k, n, fb, c);
+    }
+    else {
+        merge_arrays_to(so, so + k, so + 2 * k, sa, sa + k, sa + 2 * k, sb, sb + k, sb + 2 * k, n, fb, c);
+    }
+    if (release) {
+        PyEval_RestoreThread(ts);
+    }
+done:
+    PyBuffer_Release(&o.view);
+    PyBuffer_Release(&a.view);
+    PyBuffer_Release(&b.view);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef native_methods[] = {
     {"add", (PyCFunction)(void (*)(void))native_add, METH_FASTCALL, add_doc},
     {"merge", (PyCFunction)(void (*)(void))native_merge, METH_FASTCALL, merge_doc},
+    {"merge_range", (PyCFunction)(void (*)(void))native_merge_range, METH_FASTCALL, merge_range_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,7 +4,10 @@ A packed state is one contiguous float64 array ``[count, W, shift[k], mean[k], m
 (see ``native/welford.c`` for why the shift is there). Two kernels act on it:
 
 * ``add(state, sample, weight)``: one weighted sample, in place;
-* ``merge(state_a, state_b)``: Chan's merge of ``b`` into ``a``, in place.
+* ``merge(state_a, state_b)``: Chan's merge of ``b`` into ``a``, in place;
+* ``merge_range(out, a, b, lo, hi, w_a, w_b)``: the same merge on elements ``lo..hi-1``
+  of each section only, written to ``out`` (which may be ``a``): one step of the
+  reduce-scatter in :mod:`parallelaverage._allreduce`.
 
 The pure-numpy functions below are the reference twins of the C kernels: the oracle
 in the tests, and the fallback when ``parallelaverage._native`` cannot be imported
@@ -18,7 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["add", "merge", "add_reference", "merge_reference", "NATIVE", "empty_state", "HEADER"]
+__all__ = [
+    "add", "merge", "merge_range", "add_reference", "merge_reference", "merge_range_reference",
+    "NATIVE", "empty_state", "HEADER",
+]
 
 HEADER = 2  # count, W
 _BLOCK = 8192  # elements per block of the numpy kernels
@@ -103,7 +109,36 @@ def merge_reference(state_a: Any, state_b: Any) -> None:
     state_a[1] = w
 
 
-def _select() -> tuple[Callable[..., None], Callable[..., None], bool]:
+def merge_range_reference(
+    out: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int, w_a: float, w_b: float
+) -> None:
+    """Numpy twin of the native ``merge_range``: ``out = a (+) b`` on elements ``lo..hi-1``.
+
+    ``w_a`` and ``w_b`` are the total weights of the non-empty states ``a`` and ``b``;
+    headers are not touched. ``out`` may be ``a`` but must not overlap ``b``.
+    """
+    if not (out.size == a.size == b.size):
+        k_o, k_a, k_b = ((s.size - HEADER) // 3 for s in (out, a, b))
+        raise ValueError(f"states differ in size: {k_o}, {k_a} and {k_b} elements")
+    k = (out.size - HEADER) // 3
+    if not 0 <= lo <= hi <= k:
+        raise ValueError(f"range {lo}..{hi} is outside a state of {k} elements")
+    if np.shares_memory(out, b) or (out is not a and np.shares_memory(out, a)):
+        raise ValueError("out must be a itself or not overlap it, and must not overlap b")
+    part = slice(lo, hi)
+    (shift_o, mean_o, m2_o), (shift_a, mean_a, m2_a), (shift_b, mean_b, m2_b) = (
+        tuple(section[part] for section in _sections(state)) for state in (out, a, b)
+    )
+    w = w_a + w_b
+    fb = w_b / w if w > 0.0 else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        delta = (shift_b - shift_a) + (mean_b - mean_a)
+        shift_o[:] = shift_a
+        np.add(mean_a, delta * fb, out=mean_o)
+        np.add(m2_a, m2_b + delta * delta * (w_a * fb), out=m2_o)
+
+
+def _select() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None], bool]:
     try:
         from parallelaverage import _native
     except ImportError as error:  # pragma: no cover - exercised only on broken installs
@@ -114,8 +149,8 @@ def _select() -> tuple[Callable[..., None], Callable[..., None], bool]:
             RuntimeWarning,
             stacklevel=3,
         )
-        return add_reference, merge_reference, False
-    return _native.add, _native.merge, True
+        return add_reference, merge_reference, merge_range_reference, False
+    return _native.add, _native.merge, _native.merge_range, True
 
 
-add, merge, NATIVE = _select()
+add, merge, merge_range, NATIVE = _select()

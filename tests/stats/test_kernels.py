@@ -63,6 +63,47 @@ def test_merge_accepts_raw_bytes_as_mpi_hands_them_over():
     assert merged[0] == 2 and np.allclose(merged[2:4] + merged[4:6], [2.0, 3.0])
 
 
+def _filled_state(k: int, seed: int, offset: float = 1e9) -> np.ndarray:
+    state = _kernels.empty_state(k)
+    rng = np.random.default_rng(seed)
+    for _ in range(3 + seed % 4):
+        _native.add(state, offset + rng.standard_normal(k), float(rng.uniform(0.5, 2.0)))
+    return state
+
+
+@given(k=st.integers(1, 40), data=st.data(), in_place=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_merge_range_equals_the_whole_merge_on_its_slice(k, data, in_place):
+    lo = data.draw(st.integers(0, k))
+    hi = data.draw(st.integers(lo, k))
+    a, b = _filled_state(k, 1), _filled_state(k, 2)
+    whole = a.copy()
+    _native.merge(whole, b)
+    for kernel in (_native.merge_range, _kernels.merge_range_reference):
+        out = a.copy() if in_place else np.full_like(a, np.nan)
+        kernel(out, out if in_place else a, b, lo, hi, a[1], b[1])
+        for section in range(3):
+            start = _kernels.HEADER + section * k
+            np.testing.assert_allclose(out[start + lo : start + hi], whole[start + lo : start + hi], rtol=1e-15, atol=0)
+            outside = np.r_[start : start + lo, start + hi : start + k]
+            expected = a[outside] if in_place else np.full(outside.size, np.nan)
+            np.testing.assert_array_equal(out[outside], expected)
+        np.testing.assert_array_equal(out[:2], a[:2] if in_place else [np.nan, np.nan])  # headers untouched
+
+
+def test_merge_range_rejects_bad_ranges_and_overlap():
+    a, b = _filled_state(5, 1), _filled_state(5, 2)
+    for kernel in (_native.merge_range, _kernels.merge_range_reference):
+        with pytest.raises(ValueError, match="outside"):
+            kernel(a, a, b, 3, 6, 1.0, 1.0)
+        with pytest.raises(ValueError, match="outside"):
+            kernel(a, a, b, 3, 2, 1.0, 1.0)
+        with pytest.raises(ValueError, match="differ"):
+            kernel(a, a, _kernels.empty_state(4), 0, 1, 1.0, 1.0)
+        with pytest.raises(ValueError, match="overlap"):
+            kernel(b, a, b, 0, 5, 1.0, 1.0)
+
+
 def test_large_samples_release_the_gil_and_stay_exact():
     x = np.random.default_rng(0).standard_normal(100_000)
     state, reference = _kernels.empty_state(x.size), _kernels.empty_state(x.size)

@@ -1,0 +1,170 @@
+"""Merging large Welford states across ranks: reduce-scatter, then allgather.
+
+``MPI_Allreduce`` with a user-defined op cannot split a packed state (it travels as
+one element, see :mod:`parallelaverage.mpi`), so MPICH and Open MPI reduce it by
+recursive doubling: every rank sends and merges the whole state log2(P) times. For
+built-in ops on large buffers both libraries use Rabenseifner's algorithm instead,
+and so does this module, by hand, with the native merge on slices:
+
+1. **fold** (only when P is not a power of two): the first ``2 * (P - P')`` ranks pair
+   up and the even one hands its state to the odd one, leaving ``P'`` ranks;
+2. **reduce-scatter by recursive halving**: in step ``j`` each rank exchanges half of
+   its current slice with the partner ``rank ^ 2**j`` and merges the half it keeps;
+   after log2(P') steps it holds the merged result for 1/P' of the elements;
+3. **allgather by recursive doubling**: the same steps backwards, exchanging finished
+   slices until every rank holds every slice.
+
+Each rank sends ``2 (P'-1)/P'`` states' worth of bytes and merges ``(P'-1)/P'`` of a
+state, as a SUM ``Allreduce`` of the same bytes does, instead of log2(P) whole states.
+Every slice is merged on exactly one rank, so all ranks end with identical bits.
+
+A slice ``lo..hi-1`` covers those elements of all three sections (shift, mean, m2)
+and travels as three contiguous messages (an indexed datatype measured up to 3x
+slower under Open MPI, which packs it). Chan's merge needs the weights of both sides,
+which are the sums of the ranks' headers over the two halves of the current group:
+the caller gathers the headers once, before the exchanges.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from mpi4py import MPI
+
+from parallelaverage import _kernels
+
+__all__ = ["merge_states"]
+
+Header = tuple[float, float]  # (count, W) of one rank's state
+
+
+def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Comm) -> None:
+    """Write the merge of every rank's packed state into ``out`` on every rank.
+
+    Collective. ``send`` is this rank's state and may be ``out`` itself (in place);
+    otherwise ``send`` is only read. ``headers[r]`` is rank r's ``(count, W)``, the same
+    list on every rank. All states have the same number of elements, at least the
+    largest power of two not above ``comm.size``.
+    """
+    size, rank = comm.Get_size(), comm.Get_rank()
+    k = (out.size - _kernels.HEADER) // 3
+    pof2 = 1 << (size.bit_length() - 1)
+    extra = size - pof2
+    folded = _fold_headers(headers, extra)
+    scratch = _scratch_like(out)
+    if rank < 2 * extra and rank % 2 == 0:
+        # handed its whole state to rank + 1; gets the result back at the end
+        comm.Send([send, MPI.DOUBLE], dest=rank + 1, tag=_TAG)
+        comm.Recv([out, MPI.DOUBLE], source=rank + 1, tag=_TAG)
+        _set_header(out, headers)
+        return
+    if rank < 2 * extra:
+        comm.Recv([scratch, MPI.DOUBLE], source=rank - 1, tag=_TAG)
+        _merge_slice(out, send, scratch, 0, k, headers[rank], headers[rank - 1])
+        send = out
+        group_rank = rank // 2
+    else:
+        group_rank = rank - extra
+
+    def real_rank(group_member: int) -> int:
+        return 2 * group_member + 1 if group_member < extra else group_member + extra
+
+    lo, hi = 0, k
+    kept: list[tuple[int, int, int, int, int]] = []  # (partner, keep lo, hi, given lo, hi)
+    distance = 1
+    while distance < pof2:
+        partner = group_rank ^ distance
+        middle = lo + (hi - lo) // 2
+        if group_rank < partner:
+            keep, give = (lo, middle), (middle, hi)
+        else:
+            keep, give = (middle, hi), (lo, middle)
+        _exchange(comm, send, give, scratch, keep, real_rank(partner), k)
+        mine = _group_header(folded, group_rank, distance)
+        theirs = _group_header(folded, partner, distance)
+        _merge_slice(out, send, scratch, *keep, mine, theirs)
+        send = out
+        kept.append((partner, *keep, *give))
+        lo, hi = keep
+        distance *= 2
+    if send is not out:  # a single rank: nothing was exchanged
+        np.copyto(out, send)
+    for partner, keep_lo, keep_hi, give_lo, give_hi in reversed(kept):
+        _exchange(comm, out, (keep_lo, keep_hi), out, (give_lo, give_hi), real_rank(partner), k)
+    if rank < 2 * extra:
+        comm.Send([out, MPI.DOUBLE], dest=rank - 1, tag=_TAG)
+    _set_header(out, headers)
+
+
+_TAG = 0x5A  # point-to-point tag of these exchanges (collectives use their own context)
+
+
+def _fold_headers(headers: Sequence[Header], extra: int) -> list[Header]:
+    """Headers after the fold: the first ``extra`` pairs of ranks count as one rank each."""
+    pairs = [_sum_headers(headers[2 * i : 2 * i + 2]) for i in range(extra)]
+    return pairs + list(headers[2 * extra :])
+
+
+def _group_header(headers: Sequence[Header], member: int, distance: int) -> Header:
+    """The header of the block of ``distance`` (folded) ranks containing ``member``."""
+    first = member - member % distance
+    return _sum_headers(headers[first : first + distance])
+
+
+def _sum_headers(headers: Sequence[Header]) -> Header:
+    return (sum(h[0] for h in headers), sum(h[1] for h in headers))
+
+
+def _set_header(out: np.ndarray, headers: Sequence[Header]) -> None:
+    out[0], out[1] = _sum_headers(headers)
+
+
+def _merge_slice(out: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int, header_a: Header, header_b: Header) -> None:
+    """``out = a (+) b`` on elements lo..hi-1, where either side may hold no sample."""
+    if header_b[0] == 0.0:
+        if out is not a:
+            _copy_slice(out, a, lo, hi)
+    elif header_a[0] == 0.0:
+        _copy_slice(out, b, lo, hi)
+    else:
+        _kernels.merge_range(out, a, b, lo, hi, header_a[1], header_b[1])
+
+
+def _copy_slice(out: np.ndarray, source: np.ndarray, lo: int, hi: int) -> None:
+    k = (out.size - _kernels.HEADER) // 3
+    for section in range(3):
+        start = _kernels.HEADER + section * k
+        out[start + lo : start + hi] = source[start + lo : start + hi]
+
+
+def _exchange(
+    comm: MPI.Comm, send: np.ndarray, give: tuple[int, int], receive: np.ndarray, keep: tuple[int, int], partner: int, k: int
+) -> None:
+    """Send slice ``give`` of ``send`` to ``partner``; receive its slice ``keep`` into ``receive``.
+
+    One contiguous message per section: MPI libraries copy contiguous buffers directly
+    (single-copy on shared memory) where an indexed datatype would be packed first.
+    """
+    requests = []
+    for section in range(3):
+        start = _kernels.HEADER + section * k
+        requests.append(comm.Irecv(receive[start + keep[0] : start + keep[1]], partner, _TAG + section))
+        requests.append(comm.Isend(send[start + give[0] : start + give[1]], partner, _TAG + section))
+    MPI.Request.Waitall(requests)
+
+
+_scratch: dict[int, np.ndarray] = {}
+_SCRATCH_MAX_BYTES = 64 << 20
+
+
+def _scratch_like(state: np.ndarray) -> np.ndarray:
+    """A receive buffer of the state's size, kept for the next call when at most 64 MiB
+    (touching fresh pages costs as much as the exchange itself)."""
+    buffer = _scratch.get(state.size)
+    if buffer is None:
+        buffer = np.empty_like(state)
+        if buffer.nbytes <= _SCRATCH_MAX_BYTES:
+            _scratch.clear()
+            _scratch[state.size] = buffer
+    return buffer
