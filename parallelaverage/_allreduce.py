@@ -47,6 +47,7 @@ def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], c
     list on every rank. All states have the same number of elements, at least the
     largest power of two not above ``comm.size``.
     """
+    comm = _private_twin(comm)
     size, rank = comm.Get_size(), comm.Get_rank()
     k = (out.size - _kernels.HEADER) // 3
     pof2 = 1 << (size.bit_length() - 1)
@@ -97,7 +98,27 @@ def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], c
     _set_header(out, headers)
 
 
-_TAG = 0x5A  # point-to-point tag of these exchanges (collectives use their own context)
+_TAG = 0x5A  # first tag of these exchanges, on the private twin of the caller's comm
+
+
+_twin_key: int | None = None
+
+
+def _private_twin(comm: MPI.Comm) -> MPI.Comm:
+    """A duplicate of ``comm`` kept as its attribute, made on first use (collective).
+
+    Point-to-point messages on the caller's own communicator could be matched by a
+    receive the program has posted with ``ANY_SOURCE``/``ANY_TAG``; a duplicate has its
+    own matching context, as collectives do. It is freed together with ``comm``.
+    """
+    global _twin_key
+    if _twin_key is None:
+        _twin_key = MPI.Comm.Create_keyval(delete_fn=lambda _comm, _key, twin: twin.Free())
+    twin = comm.Get_attr(_twin_key)
+    if twin is None:
+        twin = comm.Dup()
+        comm.Set_attr(_twin_key, twin)
+    return twin
 
 
 def _fold_headers(headers: Sequence[Header], extra: int) -> list[Header]:

@@ -159,6 +159,15 @@ finally:
 over_default = mpi.SPLIT_MIN_BYTES_PER_RANK * size // 24 + 1  # 3 doubles per element
 split_case(over_default, weighted=True, complex_on=(), empty_ranks=(), inplace=False)
 
+# 10. the slice exchanges cannot be matched by a receive the program has pending
+pending = np.full(1, -1.0)
+request = comm.Irecv(pending, source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG)
+split_case(over_default, weighted=False, complex_on=(), empty_ranks=(), inplace=True)
+comm.Send(np.full(1, float(rank)), dest=(rank + 1) % size, tag=7)
+status = MPI.Status()
+request.Wait(status)
+assert status.Get_tag() == 7 and pending[0] == (rank - 1) % size, (status.Get_tag(), pending)
+
 comm.Barrier()
 if rank == 0:
     print(f"ENGINE-OK {size}")
