@@ -84,14 +84,25 @@ acc.add(np.array([1.0, 2.0]) * (1j if rank % 2 else 1))
 total = mpi.allreduce(acc, comm)
 assert total.count == size and np.iscomplexobj(total.mean) == (size > 1)
 
-# 6. different shapes on different ranks: a clear error on every rank
+# 5b. scalars and many dimensions keep their shape through the gathered layouts
 acc = Welford()
-acc.add(np.zeros(2 if rank == 0 else 3))
-try:
-    mpi.allreduce(acc, comm)
-    assert size == 1, "shape mismatch not detected"
-except ValueError as error:
-    assert "different shapes" in str(error)
+acc.add(float(rank))
+total = mpi.allreduce(acc, comm)
+assert total.shape == () and total.count == size and total.mean == (size - 1) / 2
+acc = Welford()
+if rank == 0:
+    acc.add(np.ones((1, 2, 1, 3, 1, 1, 2)))
+assert mpi.allreduce(acc, comm).shape == (1, 2, 1, 3, 1, 1, 2)
+
+# 6. different shapes on different ranks: a clear error on every rank
+for mine in ((2 if rank == 0 else 3,), (2, 3) if rank == 0 else (3, 2)):
+    acc = Welford()
+    acc.add(np.zeros(mine))
+    try:
+        mpi.allreduce(acc, comm)
+        assert size == 1, "shape mismatch not detected"
+    except ValueError as error:
+        assert "different shapes" in str(error)
 
 # 7. rng(): one reproducible stream per run, whichever rank ran it
 draws = {}
