@@ -3,9 +3,12 @@
     python bench/kernels.py [--quick]
 
 For each size n, the baseline is ``np.add(a, x, out=a)`` (read two arrays, write one);
-the compiled add reads x, shift, mean, m2 and writes mean, m2. Each figure is the
-median of 21 timeit repeats (9 when one call takes > 5 ms). The last line printed is
-one JSON object of the figures.
+the compiled add reads x, shift, mean, m2 and writes mean, m2: twice the bytes, and
+twice the working set. The column "add / np.add(2n)" compares the add with ``np.add``
+on arrays of 2n elements, which move as many bytes through as large a working set: it
+tells how close the kernel runs to the memory system's speed, apart from the cache
+size. Each figure is the median of 21 timeit repeats (9 when one call takes > 5 ms).
+The last line printed is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def measure(n: int) -> dict[str, float]:
     target = state.copy()
     add, merge = _kernels.add, _kernels.merge
     baseline = per_call_s(lambda: np.add(a, x, out=a))
+    a2, x2 = np.zeros(2 * n), np.concatenate([x, x])
+    same_bytes = per_call_s(lambda: np.add(a2, x2, out=a2))
+    del a2, x2
     unweighted = per_call_s(lambda: add(state, x, 1.0))
     weighted = per_call_s(lambda: add(state, x, 0.37))
     merged = per_call_s(lambda: merge(target, other))
@@ -49,6 +55,7 @@ def measure(n: int) -> dict[str, float]:
         "n": n,
         "np_add_ns_per_elem": baseline / n * 1e9,
         "add_ratio": unweighted / baseline,
+        "add_over_np_add_2n": unweighted / same_bytes,
         "weighted_ratio": weighted / baseline,
         "weighted_over_unweighted": weighted / unweighted,
         "merge_ratio": merged / baseline,
@@ -77,10 +84,12 @@ def main() -> None:
     sizes = [10**3, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6, 10**7]
     rows = [measure(n) for n in sizes]
     print(f"native kernels: {_kernels.NATIVE}")
-    print(f"{'n':>10} {'np.add ns/el':>13} {'add/np.add':>11} {'weighted':>9} {'w/unw':>6} {'merge':>7} {'numpy ref':>10}")
+    print(f"{'n':>10} {'np.add ns/el':>13} {'add/np.add':>11} {'weighted':>9} {'w/unw':>6} {'merge':>7} "
+          f"{'numpy ref':>10} {'add/np.add(2n)':>15}")
     for r in rows:
         print(f"{r['n']:>10.0e} {r['np_add_ns_per_elem']:>13.3f} {r['add_ratio']:>10.2f}x {r['weighted_ratio']:>8.2f}x "
-              f"{r['weighted_over_unweighted']:>6.2f} {r['merge_ratio']:>6.2f}x {r['numpy_reference_ratio']:>9.2f}x")
+              f"{r['weighted_over_unweighted']:>6.2f} {r['merge_ratio']:>6.2f}x {r['numpy_reference_ratio']:>9.2f}x "
+              f"{r['add_over_np_add_2n']:>14.2f}x")
     small = small_sample_add_us()
     print(f"Welford.add of a 10-element sample: {small['add10_us']:.3f} us "
           f"(weighted {small['add10_weighted_us']:.3f} us; a Python float {small['add_python_float_us']:.3f} us)")
