@@ -172,8 +172,9 @@ def _merge_operator() -> MPI.Op:
 SPLIT_MIN_BYTES_PER_RANK = 64 << 10
 """States of at least this many bytes per rank are merged slice by slice
 (:mod:`parallelaverage._allreduce`); smaller ones in one ``MPI_Allreduce``, whose fewer
-messages win there. Measured on one node (MPICH, 2 cores): the slices win from about
-100 kB at 2 ranks and 250 kB at 4 ranks (``bench/mpi.py --crossover``)."""
+messages win there. Measured on one node (MPICH, 2 cores, ``bench/mpi.py --crossover``):
+the two cross between 72 and 720 kB at 2 ranks and between 240 kB and 2.4 MB at 4,
+depending on the run, and stay within about 20% of each other in that band."""
 
 
 def _splits_well(nbytes: int, k: int, size: int) -> bool:
