@@ -77,6 +77,32 @@ def test_average_run_id_rng_and_recorded_queue_options(tmp_path):
     assert '"partition": "debug"' in record and '"status": "completed"' in record
 
 
+def test_large_outputs_merge_slice_by_slice_on_an_odd_rank_count(tmp_path):
+    # a state just over the slice threshold on 3 ranks (two ranks are folded into one)
+    from parallelaverage import mpi
+
+    elements = mpi.SPLIT_MIN_BYTES_PER_RANK * 3 // 24 + 1000
+
+    @parallel_average(N_runs=30, N_tasks=3, seed=3, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def field(offset, n):
+        return offset + pa.rng().standard_normal(n)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the worker's merge succeeded: no job ended early
+        result = wait(field)(1e9, elements)
+    # the ranks' own merge wrote the result (the caller could also have merged the
+    # snapshots after a crash, so a right answer alone would not prove it)
+    attempt = tmp_path / ".parallelaverage" / "1_field" / "attempts" / "1"
+    assert (attempt / "exit_code").read_text().strip() == "0", (attempt / "stderr.txt").read_text()
+    assert (attempt / "result.pkl").is_file()
+    expected = pa.Welford()
+    for run in range(30):
+        expected.add(1e9 + np.random.default_rng(np.random.SeedSequence(3, spawn_key=(run,))).standard_normal(elements))
+    assert result.successful_run_ids == list(range(30)) and result.data.shape == (elements,)
+    assert np.allclose(result.data, expected.mean, rtol=1e-15, atol=0)
+    assert np.allclose(result.estimated_variance, expected.variance, rtol=1e-12, atol=0)
+
+
 def test_run_ids_are_visible_inside_runs(tmp_path):
     @parallel(N_runs=(2, 3), N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def which():
