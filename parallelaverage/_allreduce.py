@@ -48,17 +48,25 @@ def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], c
     largest power of two not above ``comm.size``.
     """
     comm = _private_twin(comm)
+    scratch = _take_scratch(out)
+    try:
+        _merge_into(send, out, headers, comm, scratch)
+    finally:
+        _give_back(scratch)
+    out[0], out[1] = _sum_headers(headers)
+
+
+def _merge_into(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Comm, scratch: np.ndarray) -> None:
+    """The three phases of :func:`merge_states` (headers of ``out`` not set)."""
     size, rank = comm.Get_size(), comm.Get_rank()
     k = (out.size - _kernels.HEADER) // 3
     pof2 = 1 << (size.bit_length() - 1)
     extra = size - pof2
     folded = _fold_headers(headers, extra)
-    scratch = _scratch_like(out)
     if rank < 2 * extra and rank % 2 == 0:
         # handed its whole state to rank + 1; gets the result back at the end
         comm.Send([send, MPI.DOUBLE], dest=rank + 1, tag=_TAG)
         comm.Recv([out, MPI.DOUBLE], source=rank + 1, tag=_TAG)
-        _set_header(out, headers)
         return
     if rank < 2 * extra:
         comm.Recv([scratch, MPI.DOUBLE], source=rank - 1, tag=_TAG)
@@ -95,7 +103,6 @@ def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], c
         _exchange(comm, out, (keep_lo, keep_hi), out, (give_lo, give_hi), real_rank(partner), k)
     if rank < 2 * extra:
         comm.Send([out, MPI.DOUBLE], dest=rank - 1, tag=_TAG)
-    _set_header(out, headers)
 
 
 _TAG = 0x5A  # first tag of these exchanges, on the private twin of the caller's comm
@@ -137,10 +144,6 @@ def _sum_headers(headers: Sequence[Header]) -> Header:
     return (sum(h[0] for h in headers), sum(h[1] for h in headers))
 
 
-def _set_header(out: np.ndarray, headers: Sequence[Header]) -> None:
-    out[0], out[1] = _sum_headers(headers)
-
-
 def _merge_slice(out: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int, header_a: Header, header_b: Header) -> None:
     """``out = a (+) b`` on elements lo..hi-1, where either side may hold no sample."""
     if header_b[0] == 0.0:
@@ -175,17 +178,20 @@ def _exchange(
     MPI.Request.Waitall(requests)
 
 
-_scratch: dict[int, np.ndarray] = {}
+_spare_scratch: dict[int, np.ndarray] = {}
 _SCRATCH_MAX_BYTES = 64 << 20
 
 
-def _scratch_like(state: np.ndarray) -> np.ndarray:
-    """A receive buffer of the state's size, kept for the next call when at most 64 MiB
-    (touching fresh pages costs as much as the exchange itself)."""
-    buffer = _scratch.get(state.size)
-    if buffer is None:
-        buffer = np.empty_like(state)
-        if buffer.nbytes <= _SCRATCH_MAX_BYTES:
-            _scratch.clear()
-            _scratch[state.size] = buffer
-    return buffer
+def _take_scratch(state: np.ndarray) -> np.ndarray:
+    """A receive buffer of the state's size: the one the previous call gave back, if
+    it had this size, else a new one (touching fresh pages costs as much as the
+    exchange itself). Taken out of the cache while in use, so that merges running at
+    the same time in several threads never share it."""
+    buffer = _spare_scratch.pop(state.size, None)
+    return np.empty_like(state) if buffer is None else buffer
+
+
+def _give_back(buffer: np.ndarray) -> None:
+    if buffer.nbytes <= _SCRATCH_MAX_BYTES:
+        _spare_scratch.clear()
+        _spare_scratch[buffer.size] = buffer

@@ -179,6 +179,42 @@ status = MPI.Status()
 request.Wait(status)
 assert status.Get_tag() == 7 and pending[0] == (rank - 1) % size, (status.Get_tag(), pending)
 
+# 11. merges running at the same time in two threads (two communicators) stay apart
+if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+    import threading
+
+    comms = [comm.Dup(), comm.Dup()]
+    k = 100_000
+    results, errors = {}, []
+    start_together = threading.Barrier(2)
+
+    def merge_in_thread(which):
+        try:
+            acc = Welford()
+            for run in range(3):
+                acc.add(which * 1000.0 + np.random.default_rng([which, rank, run]).standard_normal(k))
+            start_together.wait()
+            results[which] = [mpi.allreduce(acc, comms[which]) for _ in range(4)]
+        except BaseException as error:  # reported below, on the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=merge_in_thread, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for which in (0, 1):
+        serial = Welford()
+        for source in range(size):
+            for run in range(3):
+                serial.add(which * 1000.0 + np.random.default_rng([which, source, run]).standard_normal(k))
+        for result in results[which]:
+            assert np.allclose(result.mean, serial.mean, rtol=1e-13, atol=1e-12)
+            assert np.allclose(result.variance, serial.variance, rtol=1e-12, atol=0)
+    for c in comms:
+        c.Free()
+
 comm.Barrier()
 if rank == 0:
     print(f"ENGINE-OK {size}")
