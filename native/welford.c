@@ -200,6 +200,35 @@ get_state(PyObject *obj, state_view *s, int writable, const char *name)
     return 0;
 }
 
+static void
+release_states(state_view *views, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PyBuffer_Release(&views[i].view);
+    }
+}
+
+/* Acquire the packed states args[0..n-1], the first `writable` of them writable,
+ * and check they have the same size; on failure nothing stays acquired. */
+static int
+get_states(PyObject *const *args, int n, int writable, const char *const *names, state_view *views)
+{
+    for (int i = 0; i < n; i++) {
+        if (get_state(args[i], &views[i], i < writable, names[i]) < 0) {
+            release_states(views, i);
+            return -1;
+        }
+    }
+    for (int i = 1; i < n; i++) {
+        if (views[i].k != views[0].k) {
+            PyErr_Format(PyExc_ValueError, "states differ in size: %zd and %zd elements", views[0].k, views[i].k);
+            release_states(views, n);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Whether two packed states of k elements share any memory. */
 static int
 ranges_overlap(const double *x, const double *y, Py_ssize_t k)
@@ -303,23 +332,14 @@ native_merge(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "merge(state_a, state_b) takes 2 arguments");
         return NULL;
     }
-    state_view a, b;
-    if (get_state(args[0], &a, 1, "state_a") < 0) {
+    static const char *const names[] = {"state_a", "state_b"};
+    state_view views[2];
+    if (get_states(args, 2, 1, names, views) < 0) {
         return NULL;
     }
-    if (get_state(args[1], &b, 0, "state_b") < 0) {
-        PyBuffer_Release(&a.view);
-        return NULL;
-    }
-    if (a.k != b.k) {
-        PyErr_Format(PyExc_ValueError, "states differ in size: %zd and %zd elements", a.k, b.k);
-        PyBuffer_Release(&a.view);
-        PyBuffer_Release(&b.view);
-        return NULL;
-    }
-    double *sa = a.data;
-    const double *sb = b.data;
-    Py_ssize_t k = a.k;
+    double *sa = views[0].data;
+    const double *sb = views[1].data;
+    Py_ssize_t k = views[0].k;
     int release = k >= RELEASE_GIL_MIN_ELEMENTS;
     PyThreadState *ts = release ? PyEval_SaveThread() : NULL;
     if (sb[0] == 0.0) {
@@ -339,8 +359,7 @@ native_merge(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (release) {
         PyEval_RestoreThread(ts);
     }
-    PyBuffer_Release(&a.view);
-    PyBuffer_Release(&b.view);
+    release_states(views, 2);
     Py_RETURN_NONE;
 }
 
@@ -365,30 +384,18 @@ native_merge_range(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
     if ((hi = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred()) return NULL;
     if ((wa = PyFloat_AsDouble(args[5])) == -1.0 && PyErr_Occurred()) return NULL;
     if ((wb = PyFloat_AsDouble(args[6])) == -1.0 && PyErr_Occurred()) return NULL;
-    state_view o, a, b;
-    if (get_state(args[0], &o, 1, "out") < 0) {
+    static const char *const names[] = {"out", "a", "b"};
+    state_view views[3];
+    if (get_states(args, 3, 1, names, views) < 0) {
         return NULL;
     }
-    if (get_state(args[1], &a, 0, "a") < 0) {
-        PyBuffer_Release(&o.view);
-        return NULL;
-    }
-    if (get_state(args[2], &b, 0, "b") < 0) {
-        PyBuffer_Release(&o.view);
-        PyBuffer_Release(&a.view);
-        return NULL;
-    }
-    Py_ssize_t k = o.k;
-    if (a.k != k || b.k != k) {
-        PyErr_Format(PyExc_ValueError, "states differ in size: %zd, %zd and %zd elements", o.k, a.k, b.k);
-        goto done;
-    }
+    Py_ssize_t k = views[0].k;
     if (lo < 0 || hi < lo || hi > k) {
         PyErr_Format(PyExc_ValueError, "range %zd..%zd is outside a state of %zd elements", lo, hi, k);
         goto done;
     }
-    const double *da = a.data, *db = b.data;
-    double *dout = o.data;
+    double *dout = views[0].data;
+    const double *da = views[1].data, *db = views[2].data;
     if (dout != da && ranges_overlap(dout, da, k)) {
         PyErr_SetString(PyExc_ValueError, "out must be a itself or not overlap it");
         goto done;
@@ -415,9 +422,7 @@ native_merge_range(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
         PyEval_RestoreThread(ts);
     }
 done:
-    PyBuffer_Release(&o.view);
-    PyBuffer_Release(&a.view);
-    PyBuffer_Release(&b.view);
+    release_states(views, 3);
     if (PyErr_Occurred()) {
         return NULL;
     }

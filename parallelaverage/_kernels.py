@@ -117,9 +117,10 @@ def merge_range_reference(
     ``w_a`` and ``w_b`` are the total weights of the non-empty states ``a`` and ``b``;
     headers are not touched. ``out`` may be ``a`` but must not overlap ``b``.
     """
-    if not (out.size == a.size == b.size):
-        k_o, k_a, k_b = ((s.size - HEADER) // 3 for s in (out, a, b))
-        raise ValueError(f"states differ in size: {k_o}, {k_a} and {k_b} elements")
+    for other in (a, b):
+        if other.size != out.size:
+            k_out, k_other = ((s.size - HEADER) // 3 for s in (out, other))
+            raise ValueError(f"states differ in size: {k_out} and {k_other} elements")
     k = (out.size - HEADER) // 3
     if not 0 <= lo <= hi <= k:
         raise ValueError(f"range {lo}..{hi} is outside a state of {k} elements")
