@@ -153,6 +153,22 @@ merge_arrays(double *restrict shift_a, double *restrict mean_a, double *restrict
     }
 }
 
+/* Chan's merge of a into b's place: b = a (+) b with a as the first operand,
+ * the same expressions as merge_arrays with the roles of a and b exchanged. */
+KERNEL_CLONES static void
+merge_arrays_into_second(const double *restrict shift_a, const double *restrict mean_a,
+                         const double *restrict m2_a, double *restrict shift_b,
+                         double *restrict mean_b, double *restrict m2_b, Py_ssize_t k,
+                         double fb, double c)
+{
+    for (Py_ssize_t i = 0; i < k; i++) {
+        double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);
+        shift_b[i] = shift_a[i];
+        mean_b[i] = mean_a[i] + delta * fb;
+        m2_b[i] = m2_a[i] + (m2_b[i] + delta * delta * c);
+    }
+}
+
 /* Chan's merge written to a third state: out = a (+) b over k doubles. */
 KERNEL_CLONES static void
 merge_arrays_to(double *restrict shift_o, double *restrict mean_o, double *restrict m2_o,
@@ -227,6 +243,23 @@ get_states(PyObject *const *args, int n, int writable, const char *const *names,
         }
     }
     return 0;
+}
+
+/* A total order on states deciding which is the first operand of a merge, so
+ * that merge(a, b) and merge(b, a) give the same bits: the two partners of an
+ * MPI exchange, each merging the other's state into its own, then hold the
+ * same result, and so do all ranks at the end of an allreduce.  More samples
+ * first, then more weight, then the larger bytes. */
+static int
+b_goes_first(const double *a, const double *b, Py_ssize_t k)
+{
+    if (a[0] != b[0]) {
+        return b[0] > a[0];
+    }
+    if (a[1] != b[1]) {
+        return b[1] > a[1];
+    }
+    return memcmp(b + 2, a + 2, (size_t)(3 * k) * sizeof(double)) > 0;
 }
 
 /* Whether two packed states of k elements share any memory. */
@@ -323,7 +356,8 @@ fail:
 PyDoc_STRVAR(merge_doc,
 "merge(state_a, state_b)\n--\n\n"
 "Chan's merge of packed state b into packed state a, in place (shifts\n"
-"included). Either may be empty (count 0). Both must have the same size.");
+"included). Either may be empty (count 0). Both must have the same size.\n"
+"The result does not depend on the order of the arguments, to the bit.");
 
 static PyObject *
 native_merge(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -349,10 +383,17 @@ native_merge(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         memmove(sa, sb, (size_t)(2 + 3 * k) * sizeof(double));
     }
     else {
-        double wa = sa[1], wb = sb[1], w = wa + wb;
-        double fb = w > 0.0 ? wb / w : 0.0;
-        double c = w > 0.0 ? wa * fb : 0.0;
-        merge_arrays(sa + 2, sa + 2 + k, sa + 2 + 2 * k, sb + 2, sb + 2 + k, sb + 2 + 2 * k, k, fb, c);
+        int swap = b_goes_first(sa, sb, k);
+        const double *first = swap ? sb : sa, *second = swap ? sa : sb;
+        double w1 = first[1], w2 = second[1], w = w1 + w2;
+        double f2 = w > 0.0 ? w2 / w : 0.0;
+        double c = w > 0.0 ? w1 * f2 : 0.0;
+        if (swap) {
+            merge_arrays_into_second(sb + 2, sb + 2 + k, sb + 2 + 2 * k, sa + 2, sa + 2 + k, sa + 2 + 2 * k, k, f2, c);
+        }
+        else {
+            merge_arrays(sa + 2, sa + 2 + k, sa + 2 + 2 * k, sb + 2, sb + 2 + k, sb + 2 + 2 * k, k, f2, c);
+        }
         sa[0] += sb[0];
         sa[1] = w;
     }

@@ -96,17 +96,32 @@ def merge_reference(state_a: Any, state_b: Any) -> None:
     if state_a[0] == 0.0:
         state_a[:] = state_b
         return
+    first, second = (state_b, state_a) if _b_goes_first(state_a, state_b) else (state_a, state_b)
+    shift_1, mean_1, m2_1 = _sections(first)
+    shift_2, mean_2, m2_2 = _sections(second)
+    w_1, w_2 = first[1], second[1]
+    w = w_1 + w_2
+    f_2 = w_2 / w if w > 0.0 else 0.0
     shift_a, mean_a, m2_a = _sections(state_a)
-    shift_b, mean_b, m2_b = _sections(state_b)
-    w_a, w_b = state_a[1], state_b[1]
-    w = w_a + w_b
-    fb = w_b / w if w > 0.0 else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        delta = (shift_b - shift_a) + (mean_b - mean_a)
-        mean_a += delta * fb
-        m2_a += m2_b + delta * delta * (w_a * fb)
+        delta = (shift_2 - shift_1) + (mean_2 - mean_1)
+        merged_mean = mean_1 + delta * f_2
+        merged_m2 = m2_1 + (m2_2 + delta * delta * (w_1 * f_2))
+    shift_a[:] = shift_1
+    mean_a[:] = merged_mean
+    m2_a[:] = merged_m2
     state_a[0] += state_b[0]
     state_a[1] = w
+
+
+def _b_goes_first(state_a: np.ndarray, state_b: np.ndarray) -> bool:
+    """The native kernel's order of the operands (more samples, more weight, larger
+    bytes first), which makes ``merge(a, b)`` and ``merge(b, a)`` equal to the bit."""
+    if state_a[0] != state_b[0]:
+        return bool(state_b[0] > state_a[0])
+    if state_a[1] != state_b[1]:
+        return bool(state_b[1] > state_a[1])
+    return state_b[HEADER:].tobytes() > state_a[HEADER:].tobytes()
 
 
 def merge_range_reference(

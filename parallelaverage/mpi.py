@@ -221,8 +221,9 @@ def allreduce(acc: Welford, comm: MPI.Comm | None = None, *, inplace: bool = Fal
     merged by the native Chan merge (the same as :meth:`Welford.merge`), so the result
     equals a serial merge of the ranks' accumulators to rounding. States under
     ``SPLIT_MIN_BYTES_PER_RANK`` bytes per rank travel in one ``MPI_Allreduce`` with a
-    user-defined op; larger ones are reduce-scattered and allgathered slice by slice,
-    each slice merged on one rank, so every rank gets the same bits.
+    user-defined op; larger ones are reduce-scattered and allgathered slice by slice.
+    Either way every rank gets the same bits: a slice is merged on one rank only, and
+    the merge op gives the same bits in either order of its operands.
 
     Args:
         acc: this rank's accumulator (left unchanged unless ``inplace``).

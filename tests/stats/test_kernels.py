@@ -82,13 +82,36 @@ def test_merge_range_equals_the_whole_merge_on_its_slice(k, data, in_place):
     for kernel in (_native.merge_range, _kernels.merge_range_reference):
         out = a.copy() if in_place else np.full_like(a, np.nan)
         kernel(out, out if in_place else a, b, lo, hi, a[1], b[1])
+        # the whole merge may keep the other operand's shift: compare shift + mean
+        sl = slice(_kernels.HEADER + lo, _kernels.HEADER + hi)
+        shifted = slice(sl.start + k, sl.stop + k)
+        squares = slice(sl.start + 2 * k, sl.stop + 2 * k)
+        np.testing.assert_allclose(out[sl] + out[shifted], whole[sl] + whole[shifted], rtol=1e-15, atol=0)
+        np.testing.assert_allclose(out[squares], whole[squares], rtol=1e-12, atol=0)
         for section in range(3):
             start = _kernels.HEADER + section * k
-            np.testing.assert_allclose(out[start + lo : start + hi], whole[start + lo : start + hi], rtol=1e-15, atol=0)
             outside = np.r_[start : start + lo, start + hi : start + k]
             expected = a[outside] if in_place else np.full(outside.size, np.nan)
             np.testing.assert_array_equal(out[outside], expected)
         np.testing.assert_array_equal(out[:2], a[:2] if in_place else [np.nan, np.nan])  # headers untouched
+
+
+@given(k=st.integers(1, 30), seeds=st.tuples(st.integers(0, 7), st.integers(0, 7)), same_count=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_merge_gives_the_same_bits_in_either_order(k, seeds, same_count):
+    """Both partners of an MPI exchange merge the other's state into theirs."""
+    a, b = _filled_state(k, seeds[0]), _filled_state(k, seeds[1])
+    if same_count:
+        b[0], b[1] = a[0], a[1]
+    for kernel in (_native.merge, _kernels.merge_reference):
+        ab, ba = a.copy(), b.copy()
+        kernel(ab, b)
+        kernel(ba, a)
+        assert ab.tobytes() == ba.tobytes()
+    native, reference = a.copy(), a.copy()
+    _native.merge(native, b)
+    _kernels.merge_reference(reference, b)
+    assert native.tobytes() == reference.tobytes()  # the twin takes the same order
 
 
 def test_merge_range_rejects_bad_ranges_and_overlap():

@@ -59,6 +59,8 @@ for run in range(n_runs):
 assert total.count == n_runs
 assert np.all(np.abs(total.mean - serial.mean) <= 1e-13 * np.abs(serial.mean))
 assert np.all(np.abs(total.variance - serial.variance) <= 1e-13 * serial.variance)
+everyone = comm.allgather(total._state.tobytes())
+assert all(state == everyone[0] for state in everyone), "ranks disagree on the merged bits"
 assert acc.count <= n_runs  # the local accumulator is left alone
 local_count = acc.count
 merged = mpi.allreduce(acc, comm, inplace=True)
