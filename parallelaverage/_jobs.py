@@ -197,7 +197,29 @@ def read_state(files: JobFiles, backend: Backend, all_runs: list[Any], *, cancel
         status = "running" if recent else "not_launched"
     else:
         status = "ended" if missing else "completed"
+    if status == "completed" and infos:
+        unmerged = _merge_failure(files, max(infos))
+        if unmerged:
+            problems.append(unmerged)
     return JobState(status, total, all_runs, successful, failed, missing, problems, fatal, launches)
+
+
+def _merge_failure(files: JobFiles, attempt: int) -> str | None:
+    """Why an ended launch wrote no result, when it failed after its runs (else None).
+
+    Its runs are all in the ranks' snapshots, so the result is whole; but the ranks'
+    own merge broke, which the user should hear about rather than never notice.
+    """
+    if files.result(attempt).exists() or files.sealed(attempt).exists():
+        return None
+    try:
+        code = int(files.exit_code(attempt).read_text())
+    except (OSError, ValueError):
+        return None
+    if code == 0:
+        return None
+    return (f"launch {attempt} exited with code {code} after its runs, without writing its result "
+            f"(see {files.stderr(attempt)}); the ranks' snapshots hold every run and were merged instead")
 
 
 def report(state: JobState, job_name: str) -> None:

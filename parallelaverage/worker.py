@@ -235,7 +235,14 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         comm.Abort(1)
         return 1
-    merge_and_write(files, attempt, progress, comm)
+    try:
+        merge_and_write(files, attempt, progress, comm)
+    except Exception:
+        # every run is in the snapshots, which the caller merges instead; the
+        # traceback and the exit code tell it why it has to
+        traceback.print_exc()
+        comm.Abort(1)
+        return 1
     return 0
 
 

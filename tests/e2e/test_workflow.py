@@ -103,6 +103,24 @@ def test_large_outputs_merge_slice_by_slice_on_an_odd_rank_count(tmp_path):
     assert np.allclose(result.estimated_variance, expected.variance, rtol=1e-12, atol=0)
 
 
+def test_a_merge_that_breaks_in_the_ranks_is_reported_and_the_snapshots_still_count(tmp_path):
+    @parallel_average(N_runs=8, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def sabotaged():
+        from parallelaverage import mpi
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("the merge broke")
+
+        mpi.allreduce = broken  # in this rank's process only: the worker's final merge fails
+        return float(pa.run_id())
+
+    with pytest.warns(pa.JobWarning, match="exited with code [1-9].* without writing its result"):
+        result = wait(sabotaged)()
+    assert result.data == 3.5 and result.successful_run_ids == list(range(8))
+    attempt = tmp_path / ".parallelaverage" / "1_sabotaged" / "attempts" / "1"
+    assert "the merge broke" in (attempt / "stderr.txt").read_text()
+
+
 def test_run_ids_are_visible_inside_runs(tmp_path):
     @parallel(N_runs=(2, 3), N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def which():
