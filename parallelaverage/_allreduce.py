@@ -39,7 +39,7 @@ __all__ = ["merge_states"]
 Header = tuple[float, float]  # (count, W) of one rank's state
 
 
-def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Comm) -> None:
+def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Intracomm) -> None:
     """Write the merge of every rank's packed state into ``out`` on every rank.
 
     Collective. ``send`` is this rank's state and may be ``out`` itself (in place);
@@ -56,7 +56,7 @@ def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], c
     out[0], out[1] = _sum_headers(headers)
 
 
-def _merge_into(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Comm, scratch: np.ndarray) -> None:
+def _merge_into(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Intracomm, scratch: np.ndarray) -> None:
     """The three phases of :func:`merge_states` (headers of ``out`` not set)."""
     size, rank = comm.Get_size(), comm.Get_rank()
     k = (out.size - _kernels.HEADER) // 3
@@ -111,7 +111,7 @@ _TAG = 0x5A  # first tag of these exchanges, on the private twin of the caller's
 _twin_key: int | None = None
 
 
-def _private_twin(comm: MPI.Comm) -> MPI.Comm:
+def _private_twin(comm: MPI.Intracomm) -> MPI.Intracomm:
     """A duplicate of ``comm`` kept as its attribute, made on first use (collective).
 
     Point-to-point messages on the caller's own communicator could be matched by a
@@ -122,7 +122,7 @@ def _private_twin(comm: MPI.Comm) -> MPI.Comm:
     if _twin_key is None:
         _twin_key = MPI.Comm.Create_keyval(delete_fn=lambda _comm, _key, twin: twin.Free())
     twin = comm.Get_attr(_twin_key)
-    if twin is None:
+    if not isinstance(twin, MPI.Intracomm):
         twin = comm.Dup()
         comm.Set_attr(_twin_key, twin)
     return twin
@@ -163,7 +163,7 @@ def _copy_slice(out: np.ndarray, source: np.ndarray, lo: int, hi: int) -> None:
 
 
 def _exchange(
-    comm: MPI.Comm, send: np.ndarray, give: tuple[int, int], receive: np.ndarray, keep: tuple[int, int], partner: int, k: int
+    comm: MPI.Intracomm, send: np.ndarray, give: tuple[int, int], receive: np.ndarray, keep: tuple[int, int], partner: int, k: int
 ) -> None:
     """Send slice ``give`` of ``send`` to ``partner``; receive its slice ``keep`` into ``receive``.
 

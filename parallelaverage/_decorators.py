@@ -133,6 +133,9 @@ class ParallelFunction:
                 record = self._submit(db, key, args, kwargs, force=False) or db.lookup(key)
                 if action == "auto":
                     return None
+                if record is None:  # removed (cleanup) right after another caller made it
+                    raise NoJobError(f"the job for {key.describe()} was removed while being submitted; "
+                                     "call again to submit it anew")
         else:
             record = self._existing(db, key, action)
         if record.code_hash != code_hash(self._function):
@@ -194,6 +197,8 @@ def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_result
 
 class _Action:
     """A decorated function with an action applied: calling it performs the action."""
+
+    _target: ParallelFunction
 
     def __init__(self, target: Any, action: str) -> None:
         while isinstance(target, _Action):

@@ -59,7 +59,7 @@ def backend_for(name: str) -> Backend:
 
         return LocalBackend()
     if name == "slurm":
-        from parallelaverage.backends.slurm import SlurmBackend  # type: ignore[import-not-found]
+        from parallelaverage.backends.slurm import SlurmBackend
 
         return SlurmBackend()
     raise ValueError(f"unknown queuing system {name!r}")
@@ -140,9 +140,9 @@ def _launch_progress(files: JobFiles, attempt: int, problems: list[str]) -> Prog
         except (OSError, ValueError) as error:
             problems.append(f"{error}; using the snapshots")
     merged = Progress()
-    for path, progress, error in iter_snapshot_progress(files, attempt):
-        if error is not None:
-            problems.append(f"{error}; its runs count as missing")
+    for path, progress, unreadable in iter_snapshot_progress(files, attempt):
+        if progress is None:
+            problems.append(f"{unreadable}; its runs count as missing")
             continue
         try:
             merged.merge(progress)

@@ -51,7 +51,7 @@ def _claim_sizes(remaining: int, size: int, seconds_per_run: float | None) -> in
 
 def dynamic_range(
     runs: int | Sequence[Any],
-    comm: MPI.Comm | None = None,
+    comm: MPI.Intracomm | None = None,
     *,
     chunk: int | None = None,
     seed: int | None = None,
@@ -92,7 +92,8 @@ def dynamic_range(
     window = MPI.Win.Allocate(itemsize if comm.Get_rank() == 0 else 0, itemsize, comm=comm)
     try:
         if comm.Get_rank() == 0:
-            np.frombuffer(window.tomemory(), dtype=np.int64)[0] = 0
+            memory = window.tomemory()  # an mpi4py buffer: its stub does not declare the buffer protocol
+            np.frombuffer(memory, dtype=np.int64)[0] = 0  # type: ignore[call-overload]
         comm.Barrier()
         window.Lock_all()
         try:
@@ -110,7 +111,7 @@ def _claim_loop(window: MPI.Win, ids: Sequence[Any], n: int, size: int, chunk: i
     fetch_and_op, flush, total = window.Fetch_and_op, window.Flush, MPI.SUM
     set_run, clock = _context._set_run, time.perf_counter
     adaptive = chunk is None
-    k = 1 if adaptive else chunk
+    k = 1 if chunk is None else chunk
     increment[0] = k
     seconds_per_run: float | None = None
     while True:
@@ -181,7 +182,7 @@ def _splits_well(nbytes: int, k: int, size: int) -> bool:
     return size > 1 and nbytes >= SPLIT_MIN_BYTES_PER_RANK * size and k >= size
 
 
-def _allreduce_whole(send: np.ndarray, receive: np.ndarray, in_place: bool, comm: MPI.Comm) -> None:
+def _allreduce_whole(send: np.ndarray, receive: np.ndarray, in_place: bool, comm: MPI.Intracomm) -> None:
     """One ``MPI_Allreduce`` with the native merge as a user-defined op."""
     datatype = MPI.DOUBLE.Create_contiguous(send.size).Commit()
     try:
@@ -194,7 +195,7 @@ def _allreduce_whole(send: np.ndarray, receive: np.ndarray, in_place: bool, comm
 _MAX_DIMS = 64  # numpy's limit on ndim
 
 
-def _gather_layouts(acc: Welford, comm: MPI.Comm) -> tuple[set[tuple[tuple[int, ...], bool]], list[tuple[float, float]]]:
+def _gather_layouts(acc: Welford, comm: MPI.Intracomm) -> tuple[set[tuple[tuple[int, ...], bool]], list[tuple[float, float]]]:
     """Every rank's ``(count, W)``, and the ``(shape, is_complex)`` of the non-empty ones.
 
     One ``Allgather`` of a fixed-size float64 record (count, W, complex, ndim, dims):
@@ -203,9 +204,10 @@ def _gather_layouts(acc: Welford, comm: MPI.Comm) -> tuple[set[tuple[tuple[int, 
     """
     record = np.zeros(4 + _MAX_DIMS)
     record[0], record[1] = acc.count, acc.total_weight
-    if acc.count:
-        record[2], record[3] = acc._complex, len(acc.shape)
-        record[4 : 4 + len(acc.shape)] = acc.shape
+    shape = acc.shape
+    if acc.count and shape is not None:
+        record[2], record[3] = acc._complex, len(shape)
+        record[4 : 4 + len(shape)] = shape
     records = np.empty((comm.Get_size(), record.size))
     comm.Allgather(record, records)
     layouts = {
@@ -214,7 +216,7 @@ def _gather_layouts(acc: Welford, comm: MPI.Comm) -> tuple[set[tuple[tuple[int, 
     return layouts, [(float(row[0]), float(row[1])) for row in records]
 
 
-def allreduce(acc: Welford, comm: MPI.Comm | None = None, *, inplace: bool = False) -> Welford:
+def allreduce(acc: Welford, comm: MPI.Intracomm | None = None, *, inplace: bool = False) -> Welford:
     """Merge the accumulators of all ranks; every rank gets the merged result.
 
     Collective. Ranks that saw no sample may pass an empty ``Welford``. The states are
@@ -249,14 +251,15 @@ def allreduce(acc: Welford, comm: MPI.Comm | None = None, *, inplace: bool = Fal
     (shape,) = shapes
     is_complex = any(c for _, c in layouts)
     k = int(np.prod(shape, dtype=np.int64)) * (2 if is_complex else 1)
-    if acc.count == 0:
+    state = acc._state
+    if acc.count == 0 or state is None:
         send = _kernels.empty_state(k)
     elif is_complex and not acc._complex:
-        send = _promote_to_complex(acc._state)
+        send = _promote_to_complex(state)
     else:
-        send = acc._state
+        send = state
     # a buffer made here (empty or promoted state) can be reduced into directly
-    in_place = inplace or send is not acc._state
+    in_place = inplace or send is not state
     receive = send if in_place else _result_buffer(send)
     if _splits_well(send.nbytes, k, comm.Get_size()):
         _allreduce.merge_states(send, receive, headers, comm)

@@ -199,7 +199,7 @@ class Welford:
         _, _, m2 = self._sections()
         if self._complex:
             m2 = m2[0::2] + m2[1::2]
-        n, w = self._state[0], self._state[1]
+        n, w = self.count, self.total_weight
         with np.errstate(invalid="ignore", divide="ignore"):
             values = m2 * (n / ((n - 1.0) * w)) if n > 1 and w > 0 else np.full_like(m2, np.nan)
         return self._shaped(values)

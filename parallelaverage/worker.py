@@ -185,7 +185,8 @@ def execute(files: JobFiles, attempt: int, comm: Any) -> Progress:
         except Exception as error:
             checkpoints.busy = True
             # the traceback from the user's function down, without the worker's frame
-            recorder.failed(run, "".join(traceback.format_exception(type(error), error, error.__traceback__.tb_next)))
+            below_worker = error.__traceback__.tb_next if error.__traceback__ is not None else None
+            recorder.failed(run, "".join(traceback.format_exception(type(error), error, below_worker)))
         else:
             checkpoints.busy = True
             recorder.succeeded(run, output)

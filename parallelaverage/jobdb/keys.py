@@ -193,10 +193,13 @@ def call_key(
         tokens["<callable>"] = _token(func, lambda: f"the callable {function}")
     for name, value in bound.arguments.items():
         kind = signature.parameters[name].kind
-        label = {inspect.Parameter.VAR_POSITIONAL: f"*{name}", inspect.Parameter.VAR_KEYWORD: f"**{name}"}.get(
-            kind, name
-        )
-        tokens[label] = _token(value, lambda name=name: f"argument {name!r} of {short}()")
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            label = f"*{name}"
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            label = f"**{name}"
+        else:
+            label = name
+        tokens[label] = _token(value, functools.partial("argument {!r} of {}()".format, name, short))
         if label == name or value:  # an empty *args or **kwargs says nothing to a reader
             reprs.append((label, describe_value(value)))
 
@@ -288,7 +291,7 @@ def _function_names(func: Any) -> tuple[str, str]:
     target = _underlying_function(func)
     owner = target if hasattr(target, "__qualname__") else type(target)
     module = getattr(owner, "__module__", None) or "<unknown>"
-    qualname = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", "call")
+    qualname = str(getattr(owner, "__qualname__", None) or getattr(owner, "__name__", "call"))
     short = getattr(owner, "__name__", qualname.rsplit(".", 1)[-1])
     return f"{module}.{qualname}", safe_name(short)
 
