@@ -34,6 +34,11 @@ def per_call_s(function, min_repeat_s: float = 0.02, repeats: int = 21) -> float
     return statistics.median(t / number for t in timer.repeat(repeats, number))
 
 
+def np_add_s(a: np.ndarray, x: np.ndarray) -> float:
+    """Seconds per ``np.add(a, x, out=a)``, the baseline."""
+    return per_call_s(lambda: np.add(a, x, out=a))
+
+
 def measure(n: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = 1e6 + rng.standard_normal(n)
@@ -43,10 +48,8 @@ def measure(n: int) -> dict[str, float]:
     other = state.copy()
     target = state.copy()
     add, merge = _kernels.add, _kernels.merge
-    baseline = per_call_s(lambda: np.add(a, x, out=a))
-    a2, x2 = np.zeros(2 * n), np.concatenate([x, x])
-    same_bytes = per_call_s(lambda: np.add(a2, x2, out=a2))
-    del a2, x2
+    baseline = np_add_s(a, x)
+    same_bytes = np_add_s(np.zeros(2 * n), np.concatenate([x, x]))  # freed before the next timing
     unweighted = per_call_s(lambda: add(state, x, 1.0))
     weighted = per_call_s(lambda: add(state, x, 0.37))
     merged = per_call_s(lambda: merge(target, other))
