@@ -7,8 +7,10 @@ the compiled add reads x, shift, mean, m2 and writes mean, m2: twice the bytes, 
 twice the working set. The column "add / np.add(2n)" compares the add with ``np.add``
 on arrays of 2n elements, which move as many bytes through as large a working set: it
 tells how close the kernel runs to the memory system's speed, apart from the cache
-size. Each figure is the median of 21 timeit repeats (9 when one call takes > 5 ms).
-The last line printed is one JSON object of the figures.
+size. The functions of one size are timed in turn, round after round (21 rounds, 9
+when a call takes > 5 ms), and each ratio is the median over the rounds of the
+ratio within a round, which cancels load changes on a shared machine. The last line
+printed is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import statistics
 import timeit
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,43 +29,65 @@ from parallelaverage.stats import Welford
 
 def per_call_s(function, min_repeat_s: float = 0.02, repeats: int = 21) -> float:
     """Median seconds per call over `repeats` repeats of about `min_repeat_s` each."""
-    timer = timeit.Timer(function)
-    number, took = timer.autorange()
-    number = max(1, int(number * min_repeat_s / max(took, 1e-9)))
-    if took / number > 5e-3:
-        repeats = 9
-    return statistics.median(t / number for t in timer.repeat(repeats, number))
+    return statistics.median(interleaved_s({"f": function}, min_repeat_s, repeats)["f"])
 
 
-def np_add_s(a: np.ndarray, x: np.ndarray) -> float:
-    """Seconds per ``np.add(a, x, out=a)``, the baseline."""
-    return per_call_s(lambda: np.add(a, x, out=a))
+def interleaved_s(functions: dict[str, Callable[[], object]], min_repeat_s: float = 0.02,
+                  repeats: int = 21) -> dict[str, list[float]]:
+    """Seconds per call of each function in each of `repeats` rounds.
+
+    Every round times each function once, in turn, so that a change in the machine's
+    load (other tenants of a shared host) hits the baseline and the kernels alike and
+    the ratio of the same round cancels it.
+    """
+    timers, numbers = {}, {}
+    for name, function in functions.items():
+        timer = timeit.Timer(function)
+        number, took = timer.autorange()
+        timers[name], numbers[name] = timer, max(1, int(number * min_repeat_s / max(took, 1e-9)))
+        if took / number > 5e-3:
+            repeats = min(repeats, 9)
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            seconds[name].append(timer.timeit(numbers[name]) / numbers[name])
+    return seconds
+
+
+def ratio(seconds: dict[str, list[float]], name: str, baseline: str) -> float:
+    """Median over the rounds of the round's time of `name` over that of `baseline`."""
+    return statistics.median(t / b for t, b in zip(seconds[name], seconds[baseline], strict=True))
 
 
 def measure(n: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = 1e6 + rng.standard_normal(n)
     a = np.zeros(n)
+    a2, x2 = np.zeros(2 * n), np.concatenate([x, x])
     state = _kernels.empty_state(n)
     _kernels.add(state, x, 1.0)
     other = state.copy()
     target = state.copy()
     add, merge = _kernels.add, _kernels.merge
-    baseline = np_add_s(a, x)
-    same_bytes = np_add_s(np.zeros(2 * n), np.concatenate([x, x]))  # freed before the next timing
-    unweighted = per_call_s(lambda: add(state, x, 1.0))
-    weighted = per_call_s(lambda: add(state, x, 0.37))
-    merged = per_call_s(lambda: merge(target, other))
-    reference = per_call_s(lambda: _kernels.add_reference(state, x, 1.0)) if n <= 10**6 else float("nan")
+    functions: dict[str, Callable[[], object]] = {
+        "np.add": lambda: np.add(a, x, out=a),
+        "np.add(2n)": lambda: np.add(a2, x2, out=a2),
+        "add": lambda: add(state, x, 1.0),
+        "weighted": lambda: add(state, x, 0.37),
+        "merge": lambda: merge(target, other),
+    }
+    if n <= 10**6:
+        functions["numpy twin"] = lambda: _kernels.add_reference(state, x, 1.0)
+    seconds = interleaved_s(functions)
     return {
         "n": n,
-        "np_add_ns_per_elem": baseline / n * 1e9,
-        "add_ratio": unweighted / baseline,
-        "add_over_np_add_2n": unweighted / same_bytes,
-        "weighted_ratio": weighted / baseline,
-        "weighted_over_unweighted": weighted / unweighted,
-        "merge_ratio": merged / baseline,
-        "numpy_reference_ratio": reference / baseline,
+        "np_add_ns_per_elem": statistics.median(seconds["np.add"]) / n * 1e9,
+        "add_ratio": ratio(seconds, "add", "np.add"),
+        "add_over_np_add_2n": ratio(seconds, "add", "np.add(2n)"),
+        "weighted_ratio": ratio(seconds, "weighted", "np.add"),
+        "weighted_over_unweighted": ratio(seconds, "weighted", "add"),
+        "merge_ratio": ratio(seconds, "merge", "np.add"),
+        "numpy_reference_ratio": ratio(seconds, "numpy twin", "np.add") if n <= 10**6 else float("nan"),
     }
 
 
