@@ -12,7 +12,8 @@
   ``mpi.SPLIT_MIN_BYTES_PER_RANK``.
 
 Each time is the median of several samples of back-to-back calls after a Barrier,
-max over ranks. Starts itself under ``mpiexec -n P``; the last line printed is one JSON
+max over ranks; the allreduce and its SUM baseline are timed in turn within each
+sample, and each ratio is the median of the ratios within a sample. Starts itself under ``mpiexec -n P``; the last line printed is one JSON
 object of the figures.
 """
 
@@ -44,6 +45,22 @@ def timed(comm, function, samples: int, inner: int) -> float:
     return statistics.median(results)
 
 
+def timed_in_turn(comm, functions: dict, samples: int, inner: int) -> dict[str, list[float]]:
+    """Max-over-ranks seconds per call of each function, each sample timing them in turn,
+    so that a load change on the shared host hits all of them within one sample."""
+    from mpi4py import MPI
+
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(samples):
+        for name, function in functions.items():
+            comm.Barrier()
+            start = time.perf_counter()
+            for _ in range(inner):
+                function()
+            seconds[name].append(comm.allreduce((time.perf_counter() - start) / inner, op=MPI.MAX))
+    return seconds
+
+
 def bench_allreduce(comm, n: int) -> dict:
     from mpi4py import MPI
 
@@ -57,8 +74,6 @@ def bench_allreduce(comm, n: int) -> dict:
     doubles = acc._state.size
     send, receive = np.ones(doubles), np.empty(doubles)
     samples, inner = (5, 2) if n >= 10**7 else (9, max(1, 10**6 // n))
-    baseline = timed(comm, lambda: comm.Allreduce(send, receive, op=MPI.SUM), samples, inner)
-    ours = timed(comm, lambda: mpi.allreduce(acc, comm), samples, inner)
     # inplace merges into acc, so time it on a copy whose state is restored each call
     work, pristine = acc.copy(), acc._state.copy()
 
@@ -66,10 +81,18 @@ def bench_allreduce(comm, n: int) -> dict:
         np.copyto(work._state, pristine)
         mpi.allreduce(work, comm, inplace=True)
 
-    restore = timed(comm, lambda: np.copyto(work._state, pristine), samples, inner)
-    in_place = timed(comm, merge_in_place, samples, inner) - restore
-    return {"n": n, "sum_allreduce_s": baseline, "welford_allreduce_s": ours, "ratio": ours / baseline,
-            "welford_allreduce_inplace_s": in_place, "ratio_inplace": in_place / baseline}
+    seconds = timed_in_turn(comm, {
+        "sum": lambda: comm.Allreduce(send, receive, op=MPI.SUM),
+        "ours": lambda: mpi.allreduce(acc, comm),
+        "restore": lambda: np.copyto(work._state, pristine),
+        "inplace": merge_in_place,
+    }, samples, inner)
+    in_place = [t - r for t, r in zip(seconds["inplace"], seconds["restore"], strict=True)]
+    median = statistics.median
+    return {"n": n, "sum_allreduce_s": median(seconds["sum"]), "welford_allreduce_s": median(seconds["ours"]),
+            "ratio": median(t / b for t, b in zip(seconds["ours"], seconds["sum"], strict=True)),
+            "welford_allreduce_inplace_s": median(in_place),
+            "ratio_inplace": median(t / b for t, b in zip(in_place, seconds["sum"], strict=True))}
 
 
 def bench_crossover(comm, sizes: list[int]) -> list[dict]:

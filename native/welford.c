@@ -181,7 +181,7 @@ merge_arrays_to(double *restrict shift_o, double *restrict mean_o, double *restr
         double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);
         shift_o[i] = shift_a[i];
         mean_o[i] = mean_a[i] + delta * fb;
-        m2_o[i] = m2_a[i] + m2_b[i] + delta * delta * c;
+        m2_o[i] = m2_a[i] + (m2_b[i] + delta * delta * c);
     }
 }
 
@@ -408,8 +408,8 @@ PyDoc_STRVAR(merge_range_doc,
 "merge_range(out, a, b, lo, hi, w_a, w_b)\n--\n\n"
 "Chan's merge restricted to elements lo..hi-1 of each section of three packed\n"
 "states of the same size: out = a (+) b there, given the total weights w_a and\n"
-"w_b of the (non-empty) states a and b. `out` may be `a` itself but must not\n"
-"overlap `b`. Headers are left alone: the caller knows the merged count and W.\n"
+"w_b of the (non-empty) states a and b. `out` may be `a` or `b` itself, or a\n"
+"third state. Headers are left alone: the caller knows the merged count and W.\n"
 "This is the step of a reduce-scatter, where each rank merges one slice.");
 
 static PyObject *
@@ -437,12 +437,10 @@ native_merge_range(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
     }
     double *dout = views[0].data;
     const double *da = views[1].data, *db = views[2].data;
-    if (dout != da && ranges_overlap(dout, da, k)) {
-        PyErr_SetString(PyExc_ValueError, "out must be a itself or not overlap it");
-        goto done;
-    }
-    if (ranges_overlap(dout, db, k)) {
-        PyErr_SetString(PyExc_ValueError, "out must not overlap b");
+    int out_is_a = dout == da, out_is_b = dout == db;
+    if ((!out_is_a && ranges_overlap(dout, da, k)) || (!out_is_b && ranges_overlap(dout, db, k)) ||
+        ranges_overlap(da, db, k)) {
+        PyErr_SetString(PyExc_ValueError, "a and b must not overlap, and out must be a, b, or apart from both");
         goto done;
     }
     double w = wa + wb;
@@ -453,8 +451,11 @@ native_merge_range(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
     double *so = dout + 2 + lo;
     int release = n >= RELEASE_GIL_MIN_ELEMENTS;
     PyThreadState *ts = release ? PyEval_SaveThread() : NULL;
-    if (dout == da) {
+    if (out_is_a) {
         merge_arrays(so, so + k, so + 2 * k, sb, sb + k, sb + 2 * k, n, fb, c);
+    }
+    else if (out_is_b) {
+        merge_arrays_into_second(sa, sa + k, sa + 2 * k, so, so + k, so + 2 * k, n, fb, c);
     }
     else {
         merge_arrays_to(so, so + k, so + 2 * k, sa, sa + k, sa + 2 * k, sb, sb + k, sb + 2 * k, n, fb, c);

@@ -69,8 +69,9 @@ def _merge_into(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], co
         comm.Recv([out, MPI.DOUBLE], source=rank + 1, tag=_TAG)
         return
     if rank < 2 * extra:
-        comm.Recv([scratch, MPI.DOUBLE], source=rank - 1, tag=_TAG)
-        _merge_slice(out, send, scratch, 0, k, headers[rank], headers[rank - 1])
+        receive = _landing(send, out, scratch)
+        comm.Recv([receive, MPI.DOUBLE], source=rank - 1, tag=_TAG)
+        _merge_slice(out, send, receive, 0, k, headers[rank], headers[rank - 1])
         send = out
         group_rank = rank // 2
     else:
@@ -89,10 +90,11 @@ def _merge_into(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], co
             keep, give = (lo, middle), (middle, hi)
         else:
             keep, give = (middle, hi), (lo, middle)
-        _exchange(comm, send, give, scratch, keep, real_rank(partner), k)
+        receive = _landing(send, out, scratch)
+        _exchange(comm, send, give, receive, keep, real_rank(partner), k)
         mine = _group_header(folded, group_rank, distance)
         theirs = _group_header(folded, partner, distance)
-        _merge_slice(out, send, scratch, *keep, mine, theirs)
+        _merge_slice(out, send, receive, *keep, mine, theirs)
         send = out
         kept.append((partner, *keep, *give))
         lo, hi = keep
@@ -144,13 +146,22 @@ def _sum_headers(headers: Sequence[Header]) -> Header:
     return (sum(h[0] for h in headers), sum(h[1] for h in headers))
 
 
+def _landing(send: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Where the partner's slice is received: straight into ``out`` while ``out`` does not
+    hold this rank's own state yet (the first merge of a call that is not in place),
+    which leaves the scratch buffer's pages untouched; else into the scratch buffer."""
+    return out if send is not out else scratch
+
+
 def _merge_slice(out: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int, header_a: Header, header_b: Header) -> None:
-    """``out = a (+) b`` on elements lo..hi-1, where either side may hold no sample."""
+    """``out = a (+) b`` on elements lo..hi-1, where either side may hold no sample;
+    ``out`` may be ``a`` or ``b``."""
     if header_b[0] == 0.0:
         if out is not a:
             _copy_slice(out, a, lo, hi)
     elif header_a[0] == 0.0:
-        _copy_slice(out, b, lo, hi)
+        if out is not b:
+            _copy_slice(out, b, lo, hi)
     else:
         _kernels.merge_range(out, a, b, lo, hi, header_a[1], header_b[1])
 

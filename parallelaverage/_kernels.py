@@ -6,7 +6,7 @@ A packed state is one contiguous float64 array ``[count, W, shift[k], mean[k], m
 * ``add(state, sample, weight)``: one weighted sample, in place;
 * ``merge(state_a, state_b)``: Chan's merge of ``b`` into ``a``, in place;
 * ``merge_range(out, a, b, lo, hi, w_a, w_b)``: the same merge on elements ``lo..hi-1``
-  of each section only, written to ``out`` (which may be ``a``): one step of the
+  of each section only, written to ``out`` (which may be ``a`` or ``b``): one step of the
   reduce-scatter in :mod:`parallelaverage._allreduce`.
 
 The pure-numpy functions below are the reference twins of the C kernels: the oracle
@@ -130,7 +130,7 @@ def merge_range_reference(
     """Numpy twin of the native ``merge_range``: ``out = a (+) b`` on elements ``lo..hi-1``.
 
     ``w_a`` and ``w_b`` are the total weights of the non-empty states ``a`` and ``b``;
-    headers are not touched. ``out`` may be ``a`` but must not overlap ``b``.
+    headers are not touched. ``out`` may be ``a`` or ``b`` itself, or a third state.
     """
     for other in (a, b):
         if other.size != out.size:
@@ -139,8 +139,12 @@ def merge_range_reference(
     k = (out.size - HEADER) // 3
     if not 0 <= lo <= hi <= k:
         raise ValueError(f"range {lo}..{hi} is outside a state of {k} elements")
-    if np.shares_memory(out, b) or (out is not a and np.shares_memory(out, a)):
-        raise ValueError("out must be a itself or not overlap it, and must not overlap b")
+    if (
+        (out is not a and np.shares_memory(out, a))
+        or (out is not b and np.shares_memory(out, b))
+        or np.shares_memory(a, b)
+    ):
+        raise ValueError("a and b must not overlap, and out must be a, b, or apart from both")
     part = slice(lo, hi)
     (shift_o, mean_o, m2_o), (shift_a, mean_a, m2_a), (shift_b, mean_b, m2_b) = (
         tuple(section[part] for section in _sections(state)) for state in (out, a, b)

@@ -71,17 +71,20 @@ def _filled_state(k: int, seed: int, offset: float = 1e9) -> np.ndarray:
     return state
 
 
-@given(k=st.integers(1, 40), data=st.data(), in_place=st.booleans())
-@settings(max_examples=60, deadline=None)
-def test_merge_range_equals_the_whole_merge_on_its_slice(k, data, in_place):
+@given(k=st.integers(1, 40), data=st.data(), into=st.sampled_from(["a", "b", "third"]))
+@settings(max_examples=90, deadline=None)
+def test_merge_range_equals_the_whole_merge_on_its_slice(k, data, into):
     lo = data.draw(st.integers(0, k))
     hi = data.draw(st.integers(lo, k))
     a, b = _filled_state(k, 1), _filled_state(k, 2)
     whole = a.copy()
     _native.merge(whole, b)
+    results = []
     for kernel in (_native.merge_range, _kernels.merge_range_reference):
-        out = a.copy() if in_place else np.full_like(a, np.nan)
-        kernel(out, out if in_place else a, b, lo, hi, a[1], b[1])
+        first, second = a.copy(), b.copy()
+        out = {"a": first, "b": second, "third": np.full_like(a, np.nan)}[into]
+        before = out.copy()
+        kernel(out, first, second, lo, hi, a[1], b[1])
         # the whole merge may keep the other operand's shift: compare shift + mean
         sl = slice(_kernels.HEADER + lo, _kernels.HEADER + hi)
         shifted = slice(sl.start + k, sl.stop + k)
@@ -91,9 +94,10 @@ def test_merge_range_equals_the_whole_merge_on_its_slice(k, data, in_place):
         for section in range(3):
             start = _kernels.HEADER + section * k
             outside = np.r_[start : start + lo, start + hi : start + k]
-            expected = a[outside] if in_place else np.full(outside.size, np.nan)
-            np.testing.assert_array_equal(out[outside], expected)
-        np.testing.assert_array_equal(out[:2], a[:2] if in_place else [np.nan, np.nan])  # headers untouched
+            np.testing.assert_array_equal(out[outside], before[outside])
+        np.testing.assert_array_equal(out[:2], before[:2])  # headers untouched
+        results.append(out[sl.start : squares.stop].tobytes())
+    assert results[0] == results[1]  # native and twin agree to the bit, whichever the output
 
 
 @given(k=st.integers(1, 30), seeds=st.tuples(st.integers(0, 7), st.integers(0, 7)), same_count=st.booleans())
@@ -124,7 +128,10 @@ def test_merge_range_rejects_bad_ranges_and_overlap():
         with pytest.raises(ValueError, match="differ"):
             kernel(a, a, _kernels.empty_state(4), 0, 1, 1.0, 1.0)
         with pytest.raises(ValueError, match="overlap"):
-            kernel(b, a, b, 0, 5, 1.0, 1.0)
+            kernel(a, a, a, 0, 5, 1.0, 1.0)  # a state merged with itself
+        shared = np.concatenate([b, b])
+        with pytest.raises(ValueError, match="overlap"):
+            kernel(shared[1 : 1 + b.size], a, shared[: b.size], 0, 5, 1.0, 1.0)  # out half over b
 
 
 def test_large_samples_release_the_gil_and_stay_exact():

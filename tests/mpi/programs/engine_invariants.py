@@ -146,10 +146,12 @@ def split_case(k, weighted, complex_on, empty_ranks, inplace):
             serial.add(x, weight=w)
             if source == rank:
                 acc.add(x, weight=w)
+    other_way = mpi.allreduce(acc.copy(), comm, inplace=not inplace)
     total = mpi.allreduce(acc, comm, inplace=inplace)
     assert total.count == serial.count
     if serial.count == 0:
         return
+    assert total._state.tobytes() == other_way._state.tobytes(), "in place or not: the same bits"
     assert np.isclose(total.total_weight, serial.total_weight)
     assert np.allclose(total.mean, serial.mean, rtol=1e-15, atol=0)
     assert np.allclose(total.variance, serial.variance, rtol=1e-13, atol=0), (k, weighted, complex_on, empty_ranks)
