@@ -102,6 +102,10 @@ def bench_crossover(comm, sizes: list[int]) -> list[dict]:
     from parallelaverage import mpi
     from parallelaverage.stats import Welford
 
+    def forced(acc, threshold: int) -> None:
+        mpi.SPLIT_MIN_BYTES_PER_RANK = threshold
+        mpi.allreduce(acc, comm)
+
     rows = []
     default = mpi.SPLIT_MIN_BYTES_PER_RANK
     try:
@@ -110,14 +114,15 @@ def bench_crossover(comm, sizes: list[int]) -> list[dict]:
             for seed in range(3):
                 acc.add(np.random.default_rng([comm.rank, seed]).standard_normal(n))
             send, receive = np.ones(acc._state.size), np.empty(acc._state.size)
-            inner = max(1, 200_000 // n)
-            baseline = timed(comm, lambda: comm.Allreduce(send, receive, op=MPI.SUM), 15, inner)
-            mpi.SPLIT_MIN_BYTES_PER_RANK = 1 << 62
-            whole = timed(comm, lambda: mpi.allreduce(acc, comm), 15, inner)
-            mpi.SPLIT_MIN_BYTES_PER_RANK = 0
-            split = timed(comm, lambda: mpi.allreduce(acc, comm), 15, inner)
-            rows.append({"n": n, "state_bytes": send.nbytes, "sum_allreduce_s": baseline,
-                         "ratio_whole": whole / baseline, "ratio_split": split / baseline})
+            seconds = timed_in_turn(comm, {
+                "sum": lambda: comm.Allreduce(send, receive, op=MPI.SUM),
+                "whole": lambda: forced(acc, 1 << 62),
+                "split": lambda: forced(acc, 0),
+            }, samples=15, inner=max(1, 200_000 // n))
+            median = statistics.median
+            rows.append({"n": n, "state_bytes": send.nbytes, "sum_allreduce_s": median(seconds["sum"]),
+                         "ratio_whole": median(w / b for w, b in zip(seconds["whole"], seconds["sum"], strict=True)),
+                         "ratio_split": median(t / b for t, b in zip(seconds["split"], seconds["sum"], strict=True))})
     finally:
         mpi.SPLIT_MIN_BYTES_PER_RANK = default
     return rows

