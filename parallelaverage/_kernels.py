@@ -97,21 +97,10 @@ def merge_reference(state_a: Any, state_b: Any) -> None:
         state_a[:] = state_b
         return
     first, second = (state_b, state_a) if _b_goes_first(state_a, state_b) else (state_a, state_b)
-    shift_1, mean_1, m2_1 = _sections(first)
-    shift_2, mean_2, m2_2 = _sections(second)
-    w_1, w_2 = first[1], second[1]
-    w = w_1 + w_2
-    f_2 = w_2 / w if w > 0.0 else 0.0
-    shift_a, mean_a, m2_a = _sections(state_a)
-    with np.errstate(invalid="ignore", over="ignore"):
-        delta = (shift_2 - shift_1) + (mean_2 - mean_1)
-        merged_mean = mean_1 + delta * f_2
-        merged_m2 = m2_1 + (m2_2 + delta * delta * (w_1 * f_2))
-    shift_a[:] = shift_1
-    mean_a[:] = merged_mean
-    m2_a[:] = merged_m2
+    k = (state_a.size - HEADER) // 3
+    merge_range_reference(state_a, first, second, 0, k, first[1], second[1])
     state_a[0] += state_b[0]
-    state_a[1] = w
+    state_a[1] = first[1] + second[1]
 
 
 def _b_goes_first(state_a: np.ndarray, state_b: np.ndarray) -> bool:
@@ -153,9 +142,11 @@ def merge_range_reference(
     fb = w_b / w if w > 0.0 else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         delta = (shift_b - shift_a) + (mean_b - mean_a)
-        shift_o[:] = shift_a
-        np.add(mean_a, delta * fb, out=mean_o)
-        np.add(m2_a, m2_b + delta * delta * (w_a * fb), out=m2_o)
+        merged_mean = mean_a + delta * fb
+        merged_m2 = m2_a + (m2_b + delta * delta * (w_a * fb))
+    shift_o[:] = shift_a
+    mean_o[:] = merged_mean
+    m2_o[:] = merged_m2
 
 
 def _select() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None], bool]:

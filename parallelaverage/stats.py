@@ -139,6 +139,8 @@ class Welford:
             self._complex = True
         elif self._complex and not other._complex:
             other_state = _promote_to_complex(other_state)
+        if other_state is self._state:  # a.merge(a): the kernels read b while writing a
+            other_state = other_state.copy()
         _kernels.merge(self._state, other_state)
         return self
 

@@ -199,6 +199,16 @@ def test_addition_returns_a_new_value():
     assert c.mean == pytest.approx(4.0)
 
 
+def test_merging_an_accumulator_into_itself_doubles_its_samples():
+    acc = Welford()
+    for x in (1e9 + 1.0, 1e9 + 2.0, 1e9 + 4.0):
+        acc.add(np.array([x, -x]))
+    doubled = acc + acc
+    acc.merge(acc)
+    assert acc.count == 6
+    assert acc.to_state()["packed"].tobytes() == doubled.to_state()["packed"].tobytes()
+
+
 def test_nan_and_inf_propagate_elementwise():
     samples = np.array([[1.0, np.nan, 1.0, np.inf], [2.0, 1.0, 2.0, 1.0], [3.0, 2.0, np.inf, 2.0]])
     acc = accumulate(samples)
