@@ -61,6 +61,11 @@ def timed_in_turn(comm, functions: dict, samples: int, inner: int) -> dict[str, 
     return seconds
 
 
+def median_ratio(times: list[float], baseline: list[float]) -> float:
+    """Median over the samples of a time over the baseline's time in the same sample."""
+    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
+
+
 def bench_allreduce(comm, n: int) -> dict:
     from mpi4py import MPI
 
@@ -90,9 +95,9 @@ def bench_allreduce(comm, n: int) -> dict:
     in_place = [t - r for t, r in zip(seconds["inplace"], seconds["restore"], strict=True)]
     median = statistics.median
     return {"n": n, "sum_allreduce_s": median(seconds["sum"]), "welford_allreduce_s": median(seconds["ours"]),
-            "ratio": median(t / b for t, b in zip(seconds["ours"], seconds["sum"], strict=True)),
+            "ratio": median_ratio(seconds["ours"], seconds["sum"]),
             "welford_allreduce_inplace_s": median(in_place),
-            "ratio_inplace": median(t / b for t, b in zip(in_place, seconds["sum"], strict=True))}
+            "ratio_inplace": median_ratio(in_place, seconds["sum"])}
 
 
 def bench_crossover(comm, sizes: list[int]) -> list[dict]:
@@ -121,8 +126,8 @@ def bench_crossover(comm, sizes: list[int]) -> list[dict]:
             }, samples=15, inner=max(1, 200_000 // n))
             median = statistics.median
             rows.append({"n": n, "state_bytes": send.nbytes, "sum_allreduce_s": median(seconds["sum"]),
-                         "ratio_whole": median(w / b for w, b in zip(seconds["whole"], seconds["sum"], strict=True)),
-                         "ratio_split": median(t / b for t, b in zip(seconds["split"], seconds["sum"], strict=True))})
+                         "ratio_whole": median_ratio(seconds["whole"], seconds["sum"]),
+                         "ratio_split": median_ratio(seconds["split"], seconds["sum"])})
     finally:
         mpi.SPLIT_MIN_BYTES_PER_RANK = default
     return rows
