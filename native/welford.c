@@ -139,22 +139,31 @@ select_kind(const char *format, Py_ssize_t itemsize, input_kind *out)
     }
 }
 
+/* Chan's merge of element i, a as the first operand (its shift is kept), with
+ * fb = W_b / W and c = W_a * fb.  (shift_b - shift_a) is exact for nearby
+ * shifts; adding the O(noise) mean difference afterwards keeps delta accurate.
+ * The three loops below differ only in where the result goes (their restrict
+ * pointers need separate loops to vectorize); one expression keeps them equal
+ * to the bit. */
+#define CHAN_MERGED(i, shift_a, mean_a, m2_a, shift_b, mean_b, m2_b)            \
+    double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);       \
+    double merged_mean = mean_a[i] + delta * fb;                               \
+    double merged_m2 = m2_a[i] + (m2_b[i] + delta * delta * c);
+
+/* a = a (+) b: a's shift stays. */
 KERNEL_CLONES static void
 merge_arrays(double *restrict shift_a, double *restrict mean_a, double *restrict m2_a,
              const double *restrict shift_b, const double *restrict mean_b,
              const double *restrict m2_b, Py_ssize_t k, double fb, double c)
 {
     for (Py_ssize_t i = 0; i < k; i++) {
-        /* (shift_b - shift_a) is exact for nearby shifts; adding the O(noise)
-         * mean difference afterwards keeps the delta accurate. */
-        double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);
-        mean_a[i] += delta * fb;
-        m2_a[i] += m2_b[i] + delta * delta * c;
+        CHAN_MERGED(i, shift_a, mean_a, m2_a, shift_b, mean_b, m2_b)
+        mean_a[i] = merged_mean;
+        m2_a[i] = merged_m2;
     }
 }
 
-/* Chan's merge of a into b's place: b = a (+) b with a as the first operand,
- * the same expressions as merge_arrays with the roles of a and b exchanged. */
+/* b = a (+) b: the merge written into the second operand's place. */
 KERNEL_CLONES static void
 merge_arrays_into_second(const double *restrict shift_a, const double *restrict mean_a,
                          const double *restrict m2_a, double *restrict shift_b,
@@ -162,14 +171,14 @@ merge_arrays_into_second(const double *restrict shift_a, const double *restrict 
                          double fb, double c)
 {
     for (Py_ssize_t i = 0; i < k; i++) {
-        double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);
+        CHAN_MERGED(i, shift_a, mean_a, m2_a, shift_b, mean_b, m2_b)
         shift_b[i] = shift_a[i];
-        mean_b[i] = mean_a[i] + delta * fb;
-        m2_b[i] = m2_a[i] + (m2_b[i] + delta * delta * c);
+        mean_b[i] = merged_mean;
+        m2_b[i] = merged_m2;
     }
 }
 
-/* Chan's merge written to a third state: out = a (+) b over k doubles. */
+/* out = a (+) b, a third state. */
 KERNEL_CLONES static void
 merge_arrays_to(double *restrict shift_o, double *restrict mean_o, double *restrict m2_o,
                 const double *restrict shift_a, const double *restrict mean_a,
@@ -178,10 +187,10 @@ merge_arrays_to(double *restrict shift_o, double *restrict mean_o, double *restr
                 Py_ssize_t k, double fb, double c)
 {
     for (Py_ssize_t i = 0; i < k; i++) {
-        double delta = (shift_b[i] - shift_a[i]) + (mean_b[i] - mean_a[i]);
+        CHAN_MERGED(i, shift_a, mean_a, m2_a, shift_b, mean_b, m2_b)
         shift_o[i] = shift_a[i];
-        mean_o[i] = mean_a[i] + delta * fb;
-        m2_o[i] = m2_a[i] + (m2_b[i] + delta * delta * c);
+        mean_o[i] = merged_mean;
+        m2_o[i] = merged_m2;
     }
 }
 
