@@ -20,11 +20,14 @@ _WHERE = {
     "parallel": "_decorators", "parallel_average": "_decorators", "do_submit": "_decorators",
     "dont_submit": "_decorators", "re_submit": "_decorators", "cancel_job": "_decorators",
     "print_job_output": "_decorators", "wait": "_decorators", "load_job": "_decorators",
-    "NoJobError": "_decorators", "cleanup": "_cleanup", "run_id": "_context", "rng": "_context",
+    "NoJobError": "errors", "cleanup": "_cleanup", "run_id": "_context", "rng": "_context",
     "Welford": "stats", "WeightedSample": "stats", "AveragedResult": "results",
-    "RunOutputs": "results", "UntrustedFileError": "_jobfiles", "JobWarning": "_jobs", "NotReadyWarning": "_jobs",
-    "RunsFailedWarning": "_jobs", "JobEndedWarning": "_jobs", "CodeChangedWarning": "_jobs",
-    "plot_average": "plotting",
+    "RunOutputs": "results", "UntrustedFileError": "errors", "JobWarning": "errors", "NotReadyWarning": "errors",
+    "RunsFailedWarning": "errors", "JobEndedWarning": "errors", "CodeChangedWarning": "errors",
+    "plot_average": "plotting", "ParallelAverageError": "errors", "OptionError": "errors",
+    "OptionTypeError": "errors", "ArgumentError": "errors", "SubmissionError": "errors",
+    "LaunchError": "errors", "RunsFailedError": "errors", "ReadOnlyDatabaseError": "errors",
+    "CorruptFileError": "errors", "JobNotFoundError": "errors", "LockTimeoutError": "errors",
 }
 __all__ = list(_WHERE)
 
@@ -45,12 +48,14 @@ if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs: the same names, im
     from parallelaverage._cleanup import cleanup
     from parallelaverage._context import rng, run_id
     from parallelaverage._decorators import (
-        NoJobError, cancel_job, do_submit, dont_submit, load_job, parallel, parallel_average,
-        print_job_output, re_submit, wait,
+        cancel_job, do_submit, dont_submit, load_job, parallel, parallel_average, print_job_output,
+        re_submit, wait,
     )
-    from parallelaverage._jobfiles import UntrustedFileError
-    from parallelaverage._jobs import (
-        CodeChangedWarning, JobEndedWarning, JobWarning, NotReadyWarning, RunsFailedWarning,
+    from parallelaverage.errors import (
+        ArgumentError, CodeChangedWarning, CorruptFileError, JobEndedWarning, JobNotFoundError,
+        JobWarning, LaunchError, LockTimeoutError, NoJobError, NotReadyWarning, OptionError,
+        OptionTypeError, ParallelAverageError, ReadOnlyDatabaseError, RunsFailedError,
+        RunsFailedWarning, SubmissionError, UntrustedFileError,
     )
     from parallelaverage.plotting import plot_average
     from parallelaverage.results import AveragedResult, RunOutputs

@@ -33,39 +33,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "host_tag", "TEMP_MARKER"]
-
-class CorruptFileError(ValueError):
-    """A database file exists but is not what parallelaverage wrote there.
-
-    The file is never overwritten or deleted by parallelaverage: it may hold
-    the only copy of someone's bookkeeping, so a human decides what to do.
-
-    Args:
-        path: The offending file.
-        reason: What is wrong with it, e.g. ``"not valid JSON: Expecting value
-            (line 1, column 1)"``.
-
-    Attributes:
-        path: The offending file, as a string.
-        reason: The reason given.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(
-            f"{self.path}: {reason}. parallelaverage left this file untouched; "
-            "inspect it, then move or delete it so that parallelaverage can recreate it"
-        )
-
-    def __reduce__(self) -> tuple[type[CorruptFileError], tuple[str, str]]:
-        # The default reduce would call __init__ with the formatted message only;
-        # this error crosses process boundaries (multiprocessing) in tests and tools.
-        return (type(self), (self.path, self.reason))
+from parallelaverage.errors import CorruptFileError
 
 
+__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "host_tag", "TEMP_MARKER", "CorruptFileError"]
 
 #: Substring that marks temporary files of :func:`atomic_write_bytes`.
 TEMP_MARKER = ".tmp-"

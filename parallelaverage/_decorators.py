@@ -20,6 +20,7 @@ import cloudpickle
 from parallelaverage import _jobs
 from parallelaverage._jobfiles import JobFiles
 from parallelaverage._job import Job, say
+from parallelaverage.errors import NoJobError
 from parallelaverage._options import JobOptions, parse_options, run_ids
 from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_hash, new_record
 
@@ -29,10 +30,6 @@ __all__ = [
 ]
 
 PREFIX = "[parallelaverage]"
-
-
-class NoJobError(LookupError):
-    """A call that must find an existing job (``dont_submit``, ``cancel_job``...) found none."""
 
 
 class ParallelFunction:

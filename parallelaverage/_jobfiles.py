@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from parallelaverage._atomic import atomic_write_bytes
+from parallelaverage.errors import UntrustedFileError
 
 __all__ = [
     "JobFiles", "Progress", "OutputWriter", "OutputIndex",
@@ -63,10 +64,6 @@ def write_pickle(path: Path, obj: Any) -> None:
 
 TRUST_ENV = "PARALLELAVERAGE_TRUST_UIDS"
 """Comma-separated user ids (or ``*``) whose pickles may be loaded besides one's own."""
-
-
-class UntrustedFileError(PermissionError):
-    """A pickle in a job directory belongs to another user: loading it would run their code."""
 
 
 def check_owner(path: Path) -> None:

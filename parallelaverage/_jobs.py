@@ -23,6 +23,9 @@ from parallelaverage._jobfiles import (
 )
 from parallelaverage.backends.base import Backend
 from parallelaverage._atomic import atomic_write_bytes
+from parallelaverage.errors import (
+    CodeChangedWarning, JobEndedWarning, JobWarning, NotReadyWarning, RunsFailedWarning,
+)
 from parallelaverage.results import AveragedResult, RunOutputs
 
 __all__ = ["JobState", "launch", "read_state", "build_result", "backend_for", "JobWarning",
@@ -30,26 +33,6 @@ __all__ = ["JobState", "launch", "read_state", "build_result", "backend_for", "J
 
 LAUNCH_GRACE_S = 30.0
 """A created job with no launch after this long was abandoned by its submitter."""
-
-
-class JobWarning(UserWarning):
-    """Base of the warnings a call prints about its job."""
-
-
-class NotReadyWarning(JobWarning):
-    """Some runs are still running or queued."""
-
-
-class RunsFailedWarning(JobWarning):
-    """Some runs raised or returned something that cannot be averaged."""
-
-
-class JobEndedWarning(JobWarning):
-    """The job's processes are gone but runs are missing."""
-
-
-class CodeChangedWarning(JobWarning):
-    """The function's code changed since the job was submitted."""
 
 
 def backend_for(name: str) -> Backend:

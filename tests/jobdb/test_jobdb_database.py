@@ -166,7 +166,7 @@ def test_save_and_update_refuse_to_change_the_call(db):
 
 
 def test_missing_jobs(db):
-    with pytest.raises(JobNotFoundError, match="no job '7_simulate' in .*jobs\\(\\)"):
+    with pytest.raises(JobNotFoundError, match="no job '7_simulate' in .*parallelaverage list"):
         db.load("7_simulate")
     record = new_record(key_of(1), "7_simulate", code_hash="x")
     with pytest.raises(JobNotFoundError):
