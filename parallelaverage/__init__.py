@@ -24,7 +24,7 @@ _WHERE = {
     "Welford": "stats", "WeightedSample": "stats", "AveragedResult": "results",
     "RunOutputs": "results", "UntrustedFileError": "errors", "JobWarning": "errors", "NotReadyWarning": "errors",
     "RunsFailedWarning": "errors", "JobEndedWarning": "errors", "CodeChangedWarning": "errors",
-    "plot_average": "plotting", "ParallelAverageError": "errors", "OptionError": "errors",
+    "plot_average": "plotting", "Job": "job", "ParallelAverageError": "errors", "OptionError": "errors",
     "OptionTypeError": "errors", "ArgumentError": "errors", "SubmissionError": "errors",
     "LaunchError": "errors", "RunsFailedError": "errors", "ReadOnlyDatabaseError": "errors",
     "CorruptFileError": "errors", "JobNotFoundError": "errors", "LockTimeoutError": "errors",
@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs: the same names, im
         OptionTypeError, ParallelAverageError, ReadOnlyDatabaseError, RunsFailedError,
         RunsFailedWarning, SubmissionError, UntrustedFileError,
     )
+    from parallelaverage.job import Job
     from parallelaverage.plotting import plot_average
     from parallelaverage.results import AveragedResult, RunOutputs
     from parallelaverage.stats import WeightedSample, Welford

@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 from parallelaverage._cleanup import cleanup
 from parallelaverage._cli_text import age, ids_text, indent, pairs_text, result_lines, table, when
-from parallelaverage._job import Job, prefetch_states
-from parallelaverage._jobs import JobState
+from parallelaverage.job import Job, prefetch_states
+from parallelaverage._state import JobState
 from parallelaverage._progress import ProgressBar, progress_text
 from parallelaverage._summary import detail_summary, job_summary, status_summary, total_runs
-from parallelaverage.jobdb import STATUSES, JobDatabase, JobNotFoundError, JobRecord
+from parallelaverage.jobdb import LIVE_STATUSES, STATUSES, JobDatabase, JobNotFoundError, JobRecord
 from parallelaverage.jobdb.database import DB_DIRNAME
 from parallelaverage.jobdb.records import JOB_NAME_PATTERN
 
@@ -32,10 +32,8 @@ __all__ = ["run", "UsageError", "PROG"]
 
 PROG = "parallelaverage"
 
-#: What ``--status`` accepts: the record's conventional values and ``Job.state()``'s.
-KNOWN_STATUSES = tuple(dict.fromkeys((*STATUSES, "ended", "not_launched")))
-#: Statuses under which a job may still change: ``list`` and ``status`` refresh them.
-LIVE_STATUSES = ("created", "submitted", "running")
+#: What ``--status`` accepts: exactly the statuses parallelaverage writes.
+KNOWN_STATUSES = STATUSES
 
 
 class UsageError(Exception):
@@ -353,13 +351,16 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: job {job.name} is still running; wait for it ({PROG} wait {job.name}) "
               f"or cancel it ({PROG} cancel {job.name}) first", file=sys.stderr)
         return 1
-    job.resubmit(args.tasks)
+    job.resubmit(args.tasks, include_crashed=args.include_crashed, fresh_streams=args.fresh_streams)
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove crash leftovers and, if asked, superseded jobs and redundant snapshots."""
     db = open_database(args.path)
+    if args.reindex and not args.dry_run:
+        for name in db.reindex():
+            print(f"re-indexed {name}")
     removed = cleanup(db.path, superseded=args.superseded, redundant_snapshots=args.snapshots,
                       dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

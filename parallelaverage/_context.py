@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_id", "rng", "set_job_seed", "job_seed"]
+__all__ = ["run_id", "rng", "set_job_seed", "job_seed", "set_stream_generation"]
 
 _NO_RUN = object()
 _current: Any = _NO_RUN
 _seed: int = 0
+_generation: int = 0
 _rng_for: Any = _NO_RUN
 _rng: np.random.Generator | None = None
 
@@ -28,6 +29,20 @@ def set_job_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r}: must be a non-negative integer")
     _seed = int(seed)
+    _rng_for = _NO_RUN
+
+
+def set_stream_generation(generation: int) -> None:
+    """Choose the runs' streams: 0 (default) for their own, reproducible ones; another
+    number for fresh ones (``re_submit(fresh_streams=True)`` uses the launch number).
+
+    Generation ``g > 0`` seeds run ``r`` from ``SeedSequence((job seed, g), spawn_key=r)``:
+    as reproducible as generation 0, and independent of it.
+    """
+    global _generation, _rng_for
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError(f"stream generation {generation!r}: must be an integer >= 0")
+    _generation = generation
     _rng_for = _NO_RUN
 
 
@@ -74,6 +89,7 @@ def rng() -> np.random.Generator:
     global _rng_for, _rng
     run = run_id()
     if _rng is None or _rng_for != run:
-        _rng = np.random.default_rng(np.random.SeedSequence(_seed, spawn_key=_spawn_key(run)))
+        entropy = _seed if _generation == 0 else (_seed, _generation)
+        _rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=_spawn_key(run)))
         _rng_for = run
     return _rng

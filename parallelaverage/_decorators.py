@@ -4,32 +4,37 @@ A decorated function's call is looked up in the job database by its canonical ke
 unknown calls are submitted (and return None), known ones return their result so far.
 Action decorators (``dont_submit``, ``do_submit``, ``re_submit``, ``cancel_job``,
 ``print_job_output``, ``wait``) change what a call does; they stack on top of the
-decorated function or wrap it in a call: ``wait(f)(x)``.
+decorated function or wrap it in a call: ``wait(f)(x)``. Everything a job does once
+it exists lives in :class:`parallelaverage.job.Job`; this module turns calls into jobs.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import warnings
+import json
 from pathlib import Path
 from typing import Any, Callable
 
 import cloudpickle
 
-from parallelaverage import _jobs
-from parallelaverage._jobfiles import JobFiles
-from parallelaverage._job import Job, say
-from parallelaverage.errors import NoJobError
-from parallelaverage._options import JobOptions, parse_options, run_ids
+from parallelaverage import _testhooks
+from parallelaverage._jobdir import Creator, LaunchPlan
+from parallelaverage._options import JobOptions, parse_options
+from parallelaverage._payload import Payload
+from parallelaverage._state import JobState
+from parallelaverage.errors import ArgumentError, CodeChangedWarning, NoJobError, say, warn
+from parallelaverage.job import Job
 from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_hash, new_record
 
 __all__ = [
     "parallel", "parallel_average", "do_submit", "dont_submit", "re_submit", "cancel_job",
-    "print_job_output", "wait", "load_job", "NoJobError",
+    "print_job_output", "wait", "load_job",
 ]
 
-PREFIX = "[parallelaverage]"
+RELAUNCHED_STATUSES = ("submit_failed", "not_launched")
+"""A plain call of a job in one of these states launches it again: a refused
+submission (after the user fixed the option) or a caller killed mid-submission."""
 
 
 class ParallelFunction:
@@ -58,17 +63,16 @@ class ParallelFunction:
 
     def _payload(self, args: tuple, kwargs: dict, seed: int) -> bytes:
         options = self._options
+        payload = Payload(self._function, args, kwargs, options.average,
+                          options.keep_runs or options.average is None, options.encoding, seed,
+                          options.dynamic_load_balancing)
+        payload.capture_sources(tuple(m.__name__ for m in options.pickle_by_value))
         for module in options.pickle_by_value:
             cloudpickle.register_pickle_by_value(module)
         try:
-            return cloudpickle.dumps({
-                "function": self._function, "args": args, "kwargs": kwargs,
-                "average": options.average, "keep_runs": options.keep_runs or options.average is None,
-                "encoding": options.encoding, "seed": seed,
-                "dynamic_load_balancing": options.dynamic_load_balancing,
-            }, protocol=5)
+            return cloudpickle.dumps(payload, protocol=5)
         except Exception as error:
-            raise TypeError(
+            raise ArgumentError(
                 f"{self._function.__qualname__} or its arguments cannot be sent to the MPI ranks "
                 f"({type(error).__name__}: {error}); make them picklable"
             ) from error
@@ -76,38 +80,48 @@ class ParallelFunction:
             for module in options.pickle_by_value:
                 cloudpickle.unregister_pickle_by_value(module)
 
-    def _submit(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> JobRecord | None:
+    def _submit(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> Job | None:
+        """Create the call's job with its first launch folder and start it; None if
+        another caller's job answers the call (``force``: a new job regardless)."""
         options = self._options
         seed = options.seed if options.seed is not None else int(hashlib.sha256(key.digest.encode()).hexdigest()[:8], 16)
         payload = self._payload(args, kwargs, seed)
-        backend = _jobs.backend_for(options.resolved_queuing_system())
+        queuing_system = options.resolved_queuing_system()
         recorded = {**options.recorded(), "average": options.average, "seed": seed}
+        space = options.space
+        files = {
+            "payload.pkl": payload,
+            # the first launch exists with the job: its creator is known from the start
+            "attempts/1/creator.json": json.dumps({**Creator.now(), "backend": queuing_system}).encode(),
+            "attempts/1/runs.json": LaunchPlan(space.all()).to_bytes(space),
+        }
 
         def make_record(name: str) -> JobRecord:
             return new_record(key, name, code_hash=code_hash(self._function), options=recorded,
-                              status="submitted", queue=backend.name)
+                              status="submitted", queue=queuing_system)
 
         if force:
-            record, created = db.create(key, make_record, files={"payload.pkl": payload}), True
+            record, created = db.create(key, make_record, files=files), True
         else:
-            record, created = db.get_or_create(key, make_record, files={"payload.pkl": payload})
+            record, created = db.get_or_create(key, make_record, files=files)
         if not created:
             return None
+        _testhooks.hook("job_created")
         say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
-             f"MPI ranks, {backend.name})")
-        files = JobFiles(db.job_dir(record))
-        try:
-            _, info = _jobs.launch(files, backend, run_ids(options.N_runs), options.N_tasks,
-                                   dict(options.queue_options))
-        except BaseException:
-            db.update(record.job_name, status="submit_failed")  # reported as never launched
-            raise
-        db.update(record.job_name, status="running", queue=backend.name,
-                  queue_job_id=str(info.get("job_id", info.get("pid"))))
-        return record
+            f"MPI ranks, {queuing_system})")
+        job = Job(db, record)
+        job.start(1, queuing_system, options.N_tasks, dict(options.queue_options))
+        return job
+
+    def _relaunch(self, job: Job, status: str) -> None:
+        """Launch again a job whose submission failed or never happened."""
+        options = self._options
+        what = "submitting again" if status == "submit_failed" else "launching"
+        job.relaunch(options.resolved_queuing_system(), options.N_tasks, dict(options.queue_options),
+                     include_failed=False, what=what)
 
     def _existing(self, db: JobDatabase, key: Any, action: str) -> JobRecord:
-        record = db.lookup(key)
+        record = db.lookup(key) or db.find_unindexed(key)
         if record is None:
             closest = db.closest(key)
             hint = "; closest stored calls: " + ", ".join(r.call for r in closest) if closest else ""
@@ -118,7 +132,7 @@ class ParallelFunction:
         return record
 
     # ----------------------------------------------------------------- actions
-    def _call(self, action: str, args: tuple, kwargs: dict) -> Any:
+    def _call(self, action: str, args: tuple, kwargs: dict, **action_options: Any) -> Any:
         key = self._key(args, kwargs)
         db = self._database()
         if action == "do_submit":
@@ -127,27 +141,32 @@ class ParallelFunction:
         if action in ("auto", "wait"):
             record = db.lookup(key)
             if record is None:
-                record = self._submit(db, key, args, kwargs, force=False) or db.lookup(key)
-                if action == "auto":
+                job = self._submit(db, key, args, kwargs, force=False)
+                if job is not None and action == "auto":
                     return None
+                record = job.record if job is not None else db.lookup(key)
                 if record is None:  # removed (cleanup) right after another caller made it
                     raise NoJobError(f"the job for {key.describe()} was removed while being submitted; "
                                      "call again to submit it anew")
+            job = Job(db, record)
+            current = job.state()
+            state: JobState | None = current
+            if current.status in RELAUNCHED_STATUSES:
+                self._relaunch(job, current.status)
+                if action == "auto":
+                    return None
+                state = None
         else:
-            record = self._existing(db, key, action)
-        if record.code_hash != code_hash(self._function):
-            warnings.warn(
-                f"{PREFIX} the code of {self._function.__qualname__} changed since job {record.job_name} "
-                "was submitted; returning the stored result. Use @do_submit to run the new code.",
-                _jobs.CodeChangedWarning, stacklevel=3,
-            )
-        job = Job(db, record)
+            job, state = Job(db, self._existing(db, key, action)), None
+        self._check_code(job.record)
         if action in ("auto", "dont_submit"):
-            return job.result()
+            return job.result(state)
         if action == "wait":
             return job.wait()
         if action == "re_submit":
-            job.resubmit(self._options.N_tasks, dict(self._options.queue_options))
+            options = self._options
+            job.relaunch(options.resolved_queuing_system(), options.N_tasks, dict(options.queue_options),
+                         **action_options)
         elif action == "cancel_job":
             job.cancel()
         elif action == "print_job_output":
@@ -155,6 +174,12 @@ class ParallelFunction:
         else:
             raise ValueError(f"unknown action {action!r}")
         return None
+
+    def _check_code(self, record: JobRecord) -> None:
+        if record.code_hash != code_hash(self._function):
+            warn(f"the code of {self._function.__qualname__} changed since job {record.job_name} was "
+                 "submitted; returning the stored result. Use @do_submit to run the new code.",
+                 CodeChangedWarning)
 
 
 # ------------------------------------------------------------------ decorators
@@ -169,7 +194,9 @@ def parallel(N_runs: int | tuple[int, ...], N_tasks: int, **options: Any) -> Cal
     ``time``, ``mem``, ...).
 
     Raises:
-        TypeError, ValueError: an invalid option, at decoration time.
+        OptionError, OptionTypeError: an invalid option, at decoration time (also
+            ``ValueError``/``TypeError``).
+        RunsFailedError: (on a call) the job stopped and every run failed.
     """
     parsed = parse_options(N_runs, N_tasks, average=None, keep_runs=True, options=options)
     return lambda function: ParallelFunction(function, parsed)
@@ -186,7 +213,8 @@ def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_result
     Other options as for :func:`parallel`.
 
     Raises:
-        TypeError, ValueError: an invalid option, at decoration time.
+        OptionError, OptionTypeError: an invalid option, at decoration time.
+        RunsFailedError: (on a call) the job stopped and every run failed.
     """
     parsed = parse_options(N_runs, N_tasks, average=average_results, keep_runs=keep_runs, options=options)
     return lambda function: ParallelFunction(function, parsed)
@@ -197,17 +225,17 @@ class _Action:
 
     _target: ParallelFunction
 
-    def __init__(self, target: Any, action: str) -> None:
+    def __init__(self, target: Any, action: str, options: dict[str, Any] | None = None) -> None:
         while isinstance(target, _Action):
             target = target._target
         if not isinstance(target, ParallelFunction):
             raise TypeError(f"@{action} applies to a function decorated with @parallel or "
                             f"@parallel_average, not to {target!r}")
         functools.update_wrapper(self, target._function)
-        self._target, self._action = target, action
+        self._target, self._action, self._options = target, action, options or {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._target._call(self._action, args, kwargs)
+        return self._target._call(self._action, args, kwargs, **self._options)
 
 
 def _action(name: str, doc: str) -> Callable[[Any], _Action]:
@@ -221,12 +249,28 @@ def _action(name: str, doc: str) -> Callable[[Any], _Action]:
 
 do_submit = _action("do_submit", "Submit a new job for the call even if one exists.")
 dont_submit = _action("dont_submit", "Only load the call's job; raise NoJobError (listing the closest calls) if none.")
-re_submit = _action("re_submit", "Run again only the failed and missing runs of the call's job, merging into it.")
 cancel_job = _action("cancel_job", "Cancel the call's job and every process it started.")
 print_job_output = _action("print_job_output", "Print the standard output and error of the call's job.")
 wait = _action("wait", "Block until the call's job is complete (submitting it if needed); return its result.")
 
 
-def load_job(job_name: str, path: str = ".") -> Any:
-    """The result of a stored job by its name (``"3_simulate"``), without the function."""
+def re_submit(function: Any = None, *, include_crashed: bool = False, fresh_streams: bool = False) -> Any:
+    """Run again only the failed and missing runs of the call's job, merging into it.
+
+    ``re_submit(f)(x)`` or ``@re_submit``; ``re_submit(f, include_crashed=True)`` also
+    re-runs the runs that crashed their rank (left out by default: they would crash it
+    again), ``fresh_streams=True`` gives the re-run runs new random streams (default:
+    the same ones, so a run's result does not depend on which launch ran it).
+    If another caller re-submits the job at the same moment, one of the two launches
+    and the other says so.
+    """
+    options = {"include_crashed": include_crashed, "fresh_streams": fresh_streams}
+    if function is None:
+        return lambda target: _Action(target, "re_submit", options)
+    return _Action(function, "re_submit", options)
+
+
+def load_job(job_name: str | int, path: str = ".") -> Any:
+    """The result of a stored job by its name (``"3_simulate"``) or number (``3``), without
+    the function."""
     return Job.load(job_name, path).result()

@@ -7,15 +7,15 @@ name the fix (never ``assert``: those vanish under ``python -O``).
 from __future__ import annotations
 
 import importlib.util
-import itertools
-import math
 import os
 import shutil
 import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["JobOptions", "parse_options", "run_ids"]
+from parallelaverage.runspace import RunSpace
+
+__all__ = ["JobOptions", "parse_options"]
 
 QUEUING_SYSTEMS = ("auto", "local", "slurm")
 ENCODINGS = ("pickle", "json")
@@ -39,8 +39,12 @@ class JobOptions:
     queue_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def space(self) -> RunSpace:
+        return RunSpace(self.N_runs)
+
+    @property
     def total_runs(self) -> int:
-        return self.N_runs if isinstance(self.N_runs, int) else math.prod(self.N_runs)
+        return self.space.total
 
     def resolved_queuing_system(self) -> str:
         """``auto`` becomes ``slurm`` where SLURM can be used, else ``local``."""
@@ -73,29 +77,8 @@ def _slurm_backend_available() -> bool:
     return importlib.util.find_spec("parallelaverage.backends.slurm") is not None
 
 
-def run_ids(N_runs: int | tuple[int, ...]) -> list[Any]:
-    """All run ids of a job: ``0..N-1``, or index tuples for a tuple ``N_runs``."""
-    if isinstance(N_runs, int):
-        return list(range(N_runs))
-    return list(itertools.product(*(range(n) for n in N_runs)))
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_n_runs(N_runs: Any) -> int | tuple[int, ...]:
-    if _is_int(N_runs):
-        if N_runs < 1:
-            raise ValueError(f"N_runs={N_runs}: must be at least 1 (the number of runs to average over)")
-        return N_runs
-    if isinstance(N_runs, (tuple, list)) and N_runs and all(_is_int(n) for n in N_runs):
-        if any(n < 1 for n in N_runs):
-            raise ValueError(f"N_runs={tuple(N_runs)}: every dimension must be at least 1")
-        return tuple(N_runs)
-    raise TypeError(
-        f"N_runs={N_runs!r}: must be a positive int, or a tuple of positive ints for index-tuple run ids"
-    )
 
 
 def _check_average(value: Any) -> Any:
@@ -135,8 +118,8 @@ def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
     Raises:
         TypeError, ValueError: with the option's name, the bad value and the fix.
     """
-    n_runs = _check_n_runs(N_runs)
-    total = n_runs if isinstance(n_runs, int) else math.prod(n_runs)
+    space = RunSpace(N_runs)
+    n_runs, total = space.option, space.total
     if not _is_int(N_tasks):
         raise TypeError(f"N_tasks={N_tasks!r}: must be a positive int (the number of MPI ranks)")
     if not 1 <= N_tasks <= total:

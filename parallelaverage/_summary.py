@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from parallelaverage._display import array_range
-from parallelaverage._job import Job
-from parallelaverage._jobfiles import encode_run_id
-from parallelaverage._jobs import JobState
+from parallelaverage.job import Job
+from parallelaverage.runspace import encode_run_id
+from parallelaverage._state import JobState, LaunchState
 from parallelaverage.jobdb import JobRecord
 from parallelaverage.results import AveragedResult, RunOutputs
 
@@ -75,11 +75,11 @@ def launch_rate(job: Job, state: JobState) -> tuple[float | None, float | None]:
     latest = attempts[-1]
     try:
         started = job.files.launch(latest).stat().st_mtime
-        given = len(job.files.read_runs(latest))
+        given = len(job.files.read_plan(latest, job.space).positions)
     except (OSError, ValueError):
         return None, None
     elapsed = max(time.time() - started, 0.0)
-    processed = given - len(state.missing)
+    processed = given - len(state.missing_positions)
     if elapsed <= 0 or processed <= 0:
         return None, elapsed
     return processed / elapsed, elapsed
@@ -88,7 +88,7 @@ def launch_rate(job: Job, state: JobState) -> tuple[float | None, float | None]:
 def status_summary(job: Job, state: JobState) -> dict[str, Any]:
     """The keys of ``parallelaverage status --json``: a job summary with its pace."""
     rate, elapsed = launch_rate(job, state) if state.status == "running" else (None, None)
-    eta = len(state.missing) / rate if rate and state.missing else (0.0 if rate else None)
+    eta = len(state.missing_positions) / rate if rate and state.missing_positions else (0.0 if rate else None)
     return {**job_summary(job.record), "elapsed_s": json_number(elapsed),
             "rate_runs_per_s": json_number(rate), "eta_s": json_number(eta)}
 
@@ -127,16 +127,29 @@ def result_summary(result: Any) -> dict[str, Any] | None:
             "elements": [_element_summary(e) for e in elements]}
 
 
+def launch_summary(launch: LaunchState) -> dict[str, Any]:
+    """One launch of ``parallelaverage show --json``: its phase, backend, exit code and message."""
+    return {
+        "launch": launch.number, "phase": launch.phase, "backend": launch.backend,
+        "queue_job_id": None if not launch.info else str(launch.info.get("job_id", launch.info.get("pid"))),
+        "runs": None if launch.plan is None else len(launch.plan.positions),
+        "exit_code": launch.exit_code, "message": launch.message,
+    }
+
+
 def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
     """The keys of ``parallelaverage show --json``: everything about one job."""
     failed = list(state.failed.items())
+    first = state.failed.first()
     return {
         **job_summary(job.record),
         "folder": str(job.files.dir),
         "options": job.record.options,
         "failed_runs": [encode_run_id(run) for run, _ in failed],
         "missing_runs": [encode_run_id(run) for run in state.missing],
-        "first_failure": {"run": encode_run_id(failed[0][0]), "traceback": failed[0][1]} if failed else None,
+        "first_failure": {"run": encode_run_id(first[0]), "traceback": first[1]} if first else None,
+        "crashed_runs": [encode_run_id(run) for run in state.space.ids(state.crashed)],
+        "launches": [launch_summary(launch) for launch in state.launches],
         "fatal": state.fatal,
         "problems": list(state.problems),
         "result": result_summary(result),

@@ -107,14 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
                         help="seconds between updates with --watch (default: 2)")
 
-    sub["resubmit"].add_argument("--tasks", type=int, metavar="N",
-                                 help="MPI ranks for the new launch (default: the job's N_tasks)")
+    resubmit = sub["resubmit"]
+    resubmit.add_argument("--tasks", type=int, metavar="N",
+                          help="MPI ranks for the new launch (default: as the last launch)")
+    resubmit.add_argument("--include-crashed", action="store_true",
+                          help="also re-run the runs that crashed their rank (left out by default)")
+    resubmit.add_argument("--fresh-streams", action="store_true",
+                          help="give the re-run runs new random streams (default: the same ones)")
 
     cleaner = sub["cleanup"]
     cleaner.add_argument("--superseded", action="store_true",
                          help="also remove jobs that a newer job of the same call replaced (do_submit)")
     cleaner.add_argument("--snapshots", action="store_true",
                          help="also remove per-rank snapshots of launches whose merged result is written")
+    cleaner.add_argument("--reindex", action="store_true",
+                         help="restore index entries of jobs that calls can no longer find (removed by hand)")
     cleaner.add_argument("--dry-run", action="store_true", help="only list what would be removed")
 
     viewer = sub["view"]

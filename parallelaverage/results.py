@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Iterator
 
 import numpy as np
 
 from parallelaverage._display import averaged_html
-from parallelaverage._jobfiles import OutputIndex
+from parallelaverage._outputs import OutputIndex
+from parallelaverage.runspace import Positions, RunSpace
 
 __all__ = ["AveragedResult", "RunOutputs"]
 
@@ -18,24 +19,35 @@ def _sort_key(run: Any) -> Any:
 
 
 class RunOutputs(Mapping):
-    """Run id -> that run's output, in run-id order; outputs are read from disk on access."""
+    """Run id -> that run's output, in run-id order; outputs are read from disk on access.
 
-    def __init__(self, index: OutputIndex, run_ids: list[Any] | None = None) -> None:
-        self._index = index
-        ids = index.runs() if run_ids is None else [r for r in run_ids if r in index]
-        self._ids = sorted(ids, key=_sort_key)
-        self._known = set(self._ids)
+    Holds the successful runs as ranges: ``len`` and iteration cost nothing per stored
+    output, and the output files are indexed on the first access to an output.
+    """
+
+    def __init__(self, index: OutputIndex, space: RunSpace, positions: Positions) -> None:
+        self._index, self._space, self._positions = index, space, positions
 
     def __getitem__(self, run: Any) -> Any:
-        if run not in self._known:
-            raise KeyError(f"no output of run {run!r} (finished runs: {len(self._ids)})")
-        return self._index.load(run)
+        try:
+            position = self._space.position_of(run)
+        except KeyError:
+            position = -1
+        if position not in self._positions or position not in self._index:
+            raise KeyError(f"no output of run {run!r} (finished runs: {len(self)})")
+        return self._index.load(position)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._ids)
+        return iter(self._space.ids(self._positions))
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._positions)
+
+    def __contains__(self, run: object) -> bool:
+        try:
+            return self._space.position_of(run) in self._positions
+        except KeyError:
+            return False
 
     def __repr__(self) -> str:
         return f"RunOutputs({len(self)} runs)"
@@ -56,13 +68,16 @@ class AveragedResult(np.lib.mixins.NDArrayOperatorsMixin):
     """
 
     def __init__(self, data: Any, estimated_error: Any, estimated_variance: Any, *,
-                 successful_run_ids: list[Any], failed_run_ids: list[Any],
+                 successful_run_ids: Sequence[Any], failed_run_ids: Sequence[Any],
                  runs: RunOutputs | None, job_name: str, count: int, total_weight: float) -> None:
         self.data = data
         self.estimated_error = estimated_error
         self.estimated_variance = estimated_variance
-        self.successful_run_ids = sorted(successful_run_ids, key=_sort_key)
-        self.failed_run_ids = sorted(failed_run_ids, key=_sort_key)
+        # sorted sequences; a job's are lazy views over ranges of runs (RunIds)
+        self.successful_run_ids = successful_run_ids if not isinstance(successful_run_ids, list) \
+            else sorted(successful_run_ids, key=_sort_key)
+        self.failed_run_ids = failed_run_ids if not isinstance(failed_run_ids, list) \
+            else sorted(failed_run_ids, key=_sort_key)
         self.runs = runs
         self.job_name = job_name
         self.count = count
@@ -81,6 +96,13 @@ class AveragedResult(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "the truth value of an AveragedResult is ambiguous: to test that a call returned a "
+            "result, use `result is not None`; for the averaged value, use `bool(result.data)` or "
+            "`np.any(result.data)`"
+        )
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.data)

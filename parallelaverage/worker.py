@@ -1,123 +1,147 @@
-"""``python -m parallelaverage.worker JOBDIR ATTEMPT``: what every MPI rank of a job runs.
+"""``python -m parallelaverage.worker JOBDIR LAUNCH``: what every MPI rank of a job runs.
 
-Each rank claims runs from the shared counter (``mpi.dynamic_range``), calls the
-user's function, feeds the outputs to ``Welford`` accumulators and/or appends them to
-its output file, and writes a snapshot of its progress at most every
-``SNAPSHOT_INTERVAL_S`` (and when SLURM sends SIGUSR1 before the time limit). At the
-end the ranks merge their statistics with ``mpi.allreduce`` and rank 0 writes the
-launch's result atomically. Knows nothing of decorators or the job database.
+Each rank claims runs (``mpi.dynamic_range``, or a static block), says in its status
+record which run it is executing (:mod:`parallelaverage._rankstatus`), calls the
+user's function, records the output in its :class:`~parallelaverage._tally.Tally`
+(statistics and/or the kept output), and writes its tally as a snapshot: after its
+first finished run, then every ``max(2 s, 100 × the snapshot's own write time)``, at
+most every 60 s (:class:`SnapshotClock`), and on SLURM's SIGUSR1. At the end the ranks
+merge their statistics with ``mpi.allreduce`` and rank 0 writes the launch's result.
+
+A run ends in one of three ways, and only these:
+
+* it returns: the output is recorded, or, if it cannot be (another shape than most
+  runs, not numeric, not storable in the chosen encoding), the run fails alone;
+* it raises *anything* — ``Exception``, ``SystemExit`` (``sys.exit``),
+  ``KeyboardInterrupt``, ``GeneratorExit``: the run failed, with its traceback, and
+  the rank goes on with the next run;
+* it kills the process (segfault, ``abort``, ``os._exit``, the OOM killer): the
+  status record still names the run, and ``faulthandler`` appended the signal and
+  traceback; the caller reports that run as having crashed its rank.
+
+Only a signal from outside (SIGTERM from ``scancel``/``cancel_job``/the time limit,
+SIGINT) stops a rank, after a snapshot.
+
+Knows nothing of decorators or the job database.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 import signal
-import socket
 import sys
 import time
 import traceback
-from typing import Any
-
-import numpy as np
+from collections.abc import Sequence
+from typing import Any, Iterator
 
 from parallelaverage import _context
-from parallelaverage._atomic import atomic_write_bytes
-from parallelaverage._jobfiles import JobFiles, OutputWriter, Progress, process_start_ticks, write_pickle
-from parallelaverage.stats import WeightedSample, Welford
+from parallelaverage._jobdir import JobFiles, LaunchPlan
+from parallelaverage._outputs import OutputWriter, encode_output
+from parallelaverage._payload import Payload
+from parallelaverage._rankstatus import RankStatus
+from parallelaverage._tally import Tally, describe_layout, layout_of
+from parallelaverage._trust import load_pickle, write_pickle
+from parallelaverage.runspace import Positions, RunSpace
+from parallelaverage.stats import Welford
 
-SNAPSHOT_INTERVAL_S = float(os.environ.get("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "2.0"))
-"""Seconds between snapshots of a rank's progress (the environment variable is for tests)."""
-_NUMERIC = "biufc"
+__all__ = ["main", "SnapshotClock", "SNAPSHOT_MIN_INTERVAL_S", "SNAPSHOT_MAX_INTERVAL_S"]
+
+SNAPSHOT_MIN_INTERVAL_S = float(os.environ.get("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "2.0"))
+"""Shortest time between two snapshots of a rank (the environment variable is for tests)."""
+SNAPSHOT_MAX_INTERVAL_S = 60.0
+"""Longest time between two snapshots of a rank, however slow a snapshot is to write."""
+SNAPSHOT_COST_FACTOR = 100.0
+"""The interval is at least this many times the last snapshot's write time: writing
+snapshots costs a rank at most 1 % of its time."""
+
+
+class SnapshotClock:
+    """When a rank writes its next snapshot: after its first finished run, then every
+    ``clamp(100 × last write time, 2 s, 60 s)``.
+
+    This is the promise of ``docs/reliability.md``: a kill loses at most the runs in
+    flight and the runs each rank finished since its last snapshot, that is, at most
+    one interval of work per rank (2 s unless snapshots are slow to write).
+    """
+
+    def __init__(self, min_s: float = SNAPSHOT_MIN_INTERVAL_S, max_s: float = SNAPSHOT_MAX_INTERVAL_S) -> None:
+        self.min_s, self.max_s = min_s, max(min_s, max_s)
+        self.interval_s = min_s
+        self.next_at = 0.0  # the first finished run triggers the first snapshot
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def written(self, started: float, finished: float) -> None:
+        if self.min_s > 0:  # 0 (tests only): a snapshot after every run
+            self.interval_s = min(self.max_s, max(self.min_s, SNAPSHOT_COST_FACTOR * (finished - started)))
+        self.next_at = finished + self.interval_s
 
 
 class RunRecorder:
-    """Turns each run's output into progress: statistics, kept outputs, failures."""
+    """Turns each run's outcome into the rank's tally, its kept outputs and its counters."""
 
-    def __init__(self, average: Any, writer: OutputWriter | None) -> None:
-        self.average = average  # None (keep only), "all", or a tuple of element indices
+    def __init__(self, payload: Payload, writer: OutputWriter | None, status: RankStatus) -> None:
+        self.average = payload.average  # None (keep only), "all", or a tuple of element indices
+        self.encoding = payload.encoding
         self.writer = writer
-        self.progress = Progress()
+        self.tally = Tally()
+        self._slots = status.slots
 
-    def failed(self, run: Any, message: str) -> None:
-        self.progress.failed[run] = message
+    def failed(self, position: int, message: str) -> None:
+        self.tally.fail(position, message)
+        self._slots[RankStatus.FAILED] += 1
 
-    def succeeded(self, run: Any, output: Any) -> None:
+    def succeeded(self, position: int, run: Any, output: Any) -> None:
+        tally = self.tally
+        group = prepared = None
         if self.average is not None:
-            problem = self._accumulate(run, output)
-            if problem is not None:
-                self.progress.failed[run] = problem
-                return
+            found = layout_of(output, self.average)
+            if isinstance(found, str):
+                return self.failed(position, f"run {run!r} {found}")
+            layout, prepared = found
+            group = tally.group_for(layout)
+            if group is None:
+                return self.failed(position, f"run {run!r} returned {describe_layout(layout)}; the runs "
+                                             "returned too many different shapes to keep apart")
+        encoded = None
         if self.writer is not None:
-            self.writer.append(run, output)
-        self.progress.finished.append(run)
-
-    def _accumulate(self, run: Any, output: Any) -> str | None:
-        """Add the averaged elements of `output`; a message instead if it cannot be averaged."""
-        progress = self.progress
-        is_tuple = isinstance(output, tuple)
-        elements = output if is_tuple else (output,)
-        length = len(elements) if is_tuple else None
-        if progress.tuple_length != length and (progress.finished or progress.accumulators):
-            return (f"run {run!r} returned {_describe(output)}, but earlier runs returned "
-                    f"{'a tuple of ' + str(progress.tuple_length) if progress.tuple_length else 'a single value'}")
-        indices = range(len(elements)) if self.average == "all" else self.average
-        prepared = []
-        for index in indices:
-            if index >= len(elements):
-                return f"run {run!r} returned {_describe(output)}: no element {index} to average"
-            element = elements[index]
-            sample, weight = (element.sample, element.weight) if isinstance(element, WeightedSample) else (element, None)
-            array = np.asarray(sample) if not isinstance(sample, np.ndarray) else sample
-            if array.dtype.kind not in _NUMERIC:
-                return (f"run {run!r} returned {_describe(sample)}, which cannot be averaged: return "
-                        "numbers or numeric arrays, or use @parallel to keep outputs as they are")
-            acc = progress.accumulators.get(index)
-            if acc is not None and acc.shape != array.shape:
-                return (f"run {run!r} returned an array of shape {array.shape} (element {index}), "
-                        f"earlier runs returned shape {acc.shape}")
-            if weight is not None and not (isinstance(weight, (int, float, np.integer, np.floating))
-                                           and 0 <= float(weight) < float("inf")):
-                return f"run {run!r} returned the weight {weight!r}: weights must be finite and >= 0"
-            prepared.append((index, sample, weight))
-        for index, sample, weight in prepared:
-            progress.accumulators.setdefault(index, Welford()).add(sample, weight)
-        progress.tuple_length = length
-        for index, element in enumerate(elements):
-            if index not in indices:
-                progress.last_values[index] = element
-        return None
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    text = text if len(text) <= 60 else text[:57] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def _runs_for_rank(runs: list[Any], payload: dict[str, Any], comm: Any):
-    if payload.get("dynamic_load_balancing", True):
-        from parallelaverage import mpi
-
-        return mpi.dynamic_range(runs, comm)
-    return _static_runs(runs[comm.Get_rank() :: comm.Get_size()])
-
-
-def _static_runs(runs: list[Any]):
-    for run in runs:
-        _context._set_run(run)
-        yield run
+            try:
+                encoded = encode_output(output, self.encoding, run if not isinstance(run, tuple) else list(run))
+            except TypeError as error:
+                return self.failed(position, f"run {run!r} {error}")
+        if group is not None and prepared is not None:
+            accumulators = group.accumulators
+            try:
+                for index, sample, weight in prepared:
+                    acc = accumulators.get(index)
+                    if acc is None:
+                        acc = accumulators[index] = Welford()
+                    acc.add(sample, weight)
+            except (TypeError, ValueError) as error:  # e.g. a dtype numpy cannot average
+                return self.failed(position, f"run {run!r} returned an output that cannot be averaged: {error}")
+            if layout[0] is not None:
+                averaged = {index for index, _, _ in prepared}
+                group.last_values = {i: v for i, v in enumerate(output) if i not in averaged}
+                group.last_position = position
+            group.runs.add(position)
+        if encoded is not None and self.writer is not None:
+            self.writer.append(position, encoded)
+        tally.done.add(position)
+        self._slots[RankStatus.DONE] += 1
 
 
 class Checkpoints:
-    """Signals turned into snapshots.
+    """Signals from outside turned into snapshots.
 
     SIGUSR1 (SLURM's warning before the time limit, ``--signal=USR1@60``) asks for a
-    snapshot after the current run. SIGTERM (the time limit itself, ``scancel``,
-    ``cancel_job``) writes one at once and ends the rank, unless the rank is in the
-    middle of its bookkeeping: then right after it, so a snapshot is always consistent.
-    Installed first thing, so a signal during start-up ends the rank cleanly too.
+    snapshot after the current run. SIGTERM and SIGINT (the time limit, ``scancel``,
+    ``cancel_job``, Ctrl-C) write one at once and end the rank, unless the rank is in
+    the middle of its bookkeeping: then right after it, so a snapshot is always
+    consistent. Installed first thing, so a signal during start-up ends the rank
+    cleanly too. Because SIGINT is handled here, a ``KeyboardInterrupt`` seen around a
+    run can only come from the run's own code, and fails that run alone.
     """
 
     def __init__(self) -> None:
@@ -125,126 +149,245 @@ class Checkpoints:
         self.busy = False
         self.terminating = 0
         self.snapshot: Any = None
+        self.status: RankStatus | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGUSR1, self._on_usr1)
-        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
 
     def _on_usr1(self, signum: int, frame: Any) -> None:
         self.requested = True
 
-    def _on_term(self, signum: int, frame: Any) -> None:
+    def _on_stop(self, signum: int, frame: Any) -> None:
         self.terminating = signum
         if not self.busy:
             self.exit_now()
 
     def exit_now(self) -> None:
+        if self.status is not None:
+            self.status.stopped_by(self.terminating)
         if self.snapshot is not None:
             self.snapshot()
+        if self.status is not None:
+            self.status.flush()
         sys.stdout.flush()
-        os._exit(128 + self.terminating)
+        sys.stderr.flush()
+        exit_ = getattr(self.status, "real_exit", os._exit)
+        exit_(128 + self.terminating)
 
 
 CHECKPOINTS = Checkpoints()
 
 
-def execute(files: JobFiles, attempt: int, comm: Any) -> Progress:
-    """Run this rank's share of the launch; return its progress (also on disk)."""
+class _Plan(Sequence[Any]):
+    """A launch's runs as a sequence of run ids (for ``dynamic_range``), with positions."""
+
+    def __init__(self, positions: Positions, space: RunSpace) -> None:
+        self.space = space
+        self.ranges = positions.ranges()
+        self.offsets = []
+        total = 0
+        for start, stop in self.ranges:
+            self.offsets.append(total)
+            total += stop - start
+        self.total = total
+        self.flat = space.flat
+
+    def __len__(self) -> int:
+        return self.total
+
+    def position(self, index: int) -> int:
+        if len(self.ranges) == 1:
+            return self.ranges[0][0] + index
+        import bisect
+
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return self.ranges[k][0] + index - self.offsets[k]
+
+    def __getitem__(self, index: Any) -> Any:
+        position = self.position(index)
+        return position if self.flat else self.space.id_at(position)
+
+
+def _runs_for_rank(plan: _Plan, payload: Payload, comm: Any) -> Iterator[tuple[int, Any]]:
+    """``(position, run id)`` of the runs this rank executes."""
+    if payload.dynamic_load_balancing:
+        from parallelaverage import mpi
+
+        if plan.flat:
+            for run in mpi.dynamic_range(plan, comm):
+                yield run, run
+        else:
+            position_of = plan.space.position_of
+            for run in mpi.dynamic_range(plan, comm):
+                yield position_of(run), run
+        return
+    rank, size = comm.Get_rank(), comm.Get_size()
+    for index in range(plan.total * rank // size, plan.total * (rank + 1) // size):  # one block per rank
+        run = plan[index]
+        _context._set_run(run)
+        yield plan.position(index), run
+    _context._set_run(_context._NO_RUN)
+
+
+def _failure_text(error: BaseException) -> str:
+    """The traceback from the user's function down, without the worker's frame."""
+    below_worker = error.__traceback__.tb_next if error.__traceback__ is not None else None
+    return "".join(traceback.format_exception(type(error), error, below_worker))
+
+
+def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payload: Payload,
+            plan: LaunchPlan, space: RunSpace) -> Tally:
+    """Run this rank's share of the launch; return its tally (also on disk)."""
     rank = comm.Get_rank()
-    # who we are, so that a caller can tell whether this rank still runs (and writes)
-    atomic_write_bytes(files.rank_info(attempt, rank), json.dumps(
-        {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}
-    ).encode())
-    payload = pickle.loads(files.payload.read_bytes())
-    runs = files.read_runs(attempt)
-    function, args, kwargs = payload["function"], payload["args"], payload["kwargs"]
-    _context.set_job_seed(payload.get("seed", 0))
-    writer = None
-    if payload.get("keep_runs"):
-        writer = OutputWriter(files.outputs(attempt, rank, payload.get("encoding", "pickle")), payload.get("encoding", "pickle"))
-    recorder = RunRecorder(payload.get("average"), writer)
+    writer = OutputWriter(files.outputs(attempt, rank, payload.encoding), payload.encoding) if payload.keep_runs else None
+    recorder = RunRecorder(payload, writer, status)
     snapshot_path = files.snapshot(attempt, rank)
     checkpoints = CHECKPOINTS
+    clock = SnapshotClock()
+    now = time.monotonic
 
     def snapshot() -> None:
+        """Write the tally; a rank that cannot (disk full) says why in its status and
+        goes on, trying again at the next interval."""
         checkpoints.busy = True
-        if writer is not None:
-            writer.flush()  # outputs are durable before a snapshot names their runs
-        write_pickle(snapshot_path, recorder.progress)
+        started = now()
+        try:
+            if writer is not None:
+                writer.flush()  # outputs are durable before a snapshot names their runs
+            write_pickle(snapshot_path, recorder.tally)
+        except OSError as error:
+            message = f"cannot write its snapshot {snapshot_path}: {error.strerror or error}"
+            status.set_error(message)
+            print(f"[parallelaverage] rank {rank} {message}", file=sys.stderr, flush=True)
+        else:
+            status.clear_error()
+            status.snapshot_written()
+        clock.written(started, now())
         checkpoints.busy = False
 
     checkpoints.snapshot = snapshot
-
-    clock = time.monotonic
-    last_snapshot = clock()
+    slots = status.slots
+    in_flight = RankStatus.IN_FLIGHT
+    function, args, kwargs = payload.function, payload.args, payload.kwargs
     environ = os.environ
-    for run in _runs_for_rank(runs, payload, comm):
+    status.set_stage("running")
+    for position, run in _runs_for_rank(_Plan(plan.positions, space), payload, comm):
+        slots[in_flight] = position
         environ["RUN_ID"] = str(run)
         try:
             output = function(*args, **kwargs)
-        except Exception as error:
+        except BaseException as error:  # sys.exit, KeyboardInterrupt...: this run failed, not the rank
             checkpoints.busy = True
-            # the traceback from the user's function down, without the worker's frame
-            below_worker = error.__traceback__.tb_next if error.__traceback__ is not None else None
-            recorder.failed(run, "".join(traceback.format_exception(type(error), error, below_worker)))
+            recorder.failed(position, _failure_text(error))
         else:
             checkpoints.busy = True
-            recorder.succeeded(run, output)
+            recorder.succeeded(position, run, output)
+        slots[in_flight] = -1
         checkpoints.busy = False
         if checkpoints.terminating:
             checkpoints.exit_now()
-        if checkpoints.requested or clock() - last_snapshot >= SNAPSHOT_INTERVAL_S:
+        if checkpoints.requested or clock.due(now()):
             snapshot()
             checkpoints.requested = False
-            last_snapshot = clock()
     snapshot()
     if writer is not None:
         writer.close()
-    return recorder.progress
+    return recorder.tally
 
 
-def merge_and_write(files: JobFiles, attempt: int, progress: Progress, comm: Any) -> None:
-    """Merge every rank's progress (statistics via allreduce); rank 0 writes the result."""
+def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any) -> None:
+    """Merge every rank's tally (statistics by allreduce, one per layout and element);
+    rank 0 writes the launch's result."""
     from parallelaverage import mpi
 
-    indices = sorted({i for part in comm.allgather(sorted(progress.accumulators)) for i in part})
-    merged = {i: mpi.allreduce(progress.accumulators.get(i, Welford()), comm, inplace=True) for i in indices}
-    bookkeeping = Progress(progress.finished, progress.failed, {}, progress.last_values, progress.tuple_length)
+    layouts = sorted({layout for part in comm.allgather([g.layout for g in tally.groups]) for layout in part},
+                     key=repr)
+    mine = {group.layout: group for group in tally.groups}
+    groups = []
+    for layout in layouts:
+        group = mine.get(layout)
+        indices = sorted({i for part in comm.allgather(sorted(group.accumulators) if group else []) for i in part})
+        merged = {i: mpi.allreduce(group.accumulators.get(i, Welford()) if group else Welford(), comm, inplace=True)
+                  for i in indices}
+        groups.append(merged)
+    bookkeeping = Tally(tally.done, tally.failed, tally.errors, {},
+                        [type(g)(g.layout, g.runs, {}, g.last_values, g.last_position) for g in tally.groups])
     parts = comm.gather(bookkeeping, root=0)
     if comm.Get_rank() != 0:
         return
-    result = Progress(accumulators=merged)
+    result = Tally()
     for part in parts:
-        result.merge(part)
+        result = result.merged(part)
+    by_layout = {group.layout: group for group in result.groups}
+    for layout, accumulators in zip(layouts, groups):
+        if layout in by_layout:
+            by_layout[layout].accumulators = accumulators
     write_pickle(files.result(attempt), result)
+
+
+def _load_payload(files: JobFiles) -> Payload:
+    payload = load_pickle(files.payload)
+    if isinstance(payload, dict):
+        payload = Payload.legacy(payload)
+    if not isinstance(payload, Payload):
+        raise ValueError(f"{files.payload} is not a parallelaverage payload")
+    return payload
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m parallelaverage.worker JOBDIR ATTEMPT", file=sys.stderr)
+        print("usage: python -m parallelaverage.worker JOBDIR LAUNCH", file=sys.stderr)
         return 2
     CHECKPOINTS.install()
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     files, attempt = JobFiles(argv[0]), int(argv[1])
+    rank = comm.Get_rank()
+    status = RankStatus(files.rank_status(attempt, rank))
+    status.catch_crashes()
+    CHECKPOINTS.status = status
     try:
-        progress = execute(files, attempt, comm)
+        payload = _load_payload(files)
+        payload.restore_sources()
+        # only rank 0 reads the plan (a list of ranges), the others get it by broadcast
+        plan, space = comm.bcast(LaunchPlan.read_with_space(files.runs(attempt)) if rank == 0 else None, root=0)
+        _context.set_job_seed(payload.seed)
+        _context.set_stream_generation(plan.stream_generation)
+        tally = execute(files, attempt, comm, status, payload, plan, space)
     except Exception:
         # e.g. the function's module cannot be imported here: say so where the caller looks
-        (files.attempt_dir(attempt) / f"fatal-r{comm.Get_rank()}.txt").write_text(traceback.format_exc())
-        traceback.print_exc()
-        comm.Abort(1)
-        return 1
+        return _fatal(files, attempt, rank, status, comm)
+    status.set_stage("merging")
     try:
-        merge_and_write(files, attempt, progress, comm)
+        merge_and_write(files, attempt, tally, comm)
     except Exception:
         # every run is in the snapshots, which the caller merges instead; the
         # traceback and the exit code tell it why it has to
         traceback.print_exc()
+        status.set_error(traceback.format_exc(limit=4))
+        status.flush()
         comm.Abort(1)
         return 1
+    status.set_stage("finished")
+    status.flush()
     return 0
+
+
+def _fatal(files: JobFiles, attempt: int, rank: int, status: RankStatus, comm: Any) -> int:
+    text = traceback.format_exc()
+    status.set_stage("failed_to_start")
+    status.set_error(text[-3000:])
+    status.flush()
+    try:
+        files.fatal(attempt, rank).write_text(text)
+    except OSError:
+        pass
+    traceback.print_exc()
+    comm.Abort(1)
+    return 1
 
 
 if __name__ == "__main__":

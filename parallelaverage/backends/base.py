@@ -11,9 +11,9 @@ import sys
 from abc import ABC, abstractmethod
 from typing import Any, Mapping, Sequence
 
-from parallelaverage._jobfiles import JobFiles
+from parallelaverage._jobdir import JobFiles
 
-__all__ = ["Backend", "LaunchState", "worker_argv"]
+__all__ = ["Backend", "LaunchState", "worker_argv", "backend_named", "BACKENDS"]
 
 # Plain ``python -m`` puts the working directory first on sys.path, so that a source
 # checkout there (without its compiled extension) would shadow the installed package:
@@ -54,6 +54,32 @@ class Backend(ABC):
     def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> None:
         """Stop the launch and every process it started."""
 
+    def recover(self, files: JobFiles, attempt: int) -> dict[str, Any] | None:
+        """What identifies a launch whose maker died before writing its ``launch.json``
+        (the launch may have started anyway), or None if it never started."""
+        return None
+
     def describe(self, launch: Mapping[str, Any]) -> str:
         """A short human description of a launch (``pid 1234``, ``SLURM job 56``)."""
         return ", ".join(f"{k} {v}" for k, v in launch.items() if k != "backend")
+
+
+BACKENDS = ("local", "slurm")
+"""The backends' names, as recorded per launch."""
+
+
+def backend_named(name: str) -> Backend:
+    """The backend object for a queuing system name (``"local"`` or ``"slurm"``).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "local":
+        from parallelaverage.backends.local import LocalBackend
+
+        return LocalBackend()
+    if name == "slurm":
+        from parallelaverage.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
+    raise ValueError(f"unknown queuing system {name!r}; the backends are {', '.join(BACKENDS)}")

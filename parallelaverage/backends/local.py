@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from parallelaverage._jobfiles import JobFiles, live_ranks
-from parallelaverage._jobfiles import process_start_ticks as _start_ticks
+from parallelaverage._jobdir import JobFiles
+from parallelaverage._rankstatus import process_start_ticks as _start_ticks
+from parallelaverage._rankstatus import read_rank_status
 from parallelaverage.backends.base import Backend, worker_argv
 from parallelaverage.backends.mpiexec import mpiexec_command
 
@@ -83,6 +84,16 @@ def _launcher_alive(files: JobFiles, attempt: int) -> bool:
     return _start_ticks(pid) is not None and os.fsencode(str(files.dir.resolve())) in cmdline
 
 
+def live_ranks(files: JobFiles, attempt: int) -> list[int]:
+    """Pids of the ranks of a launch still alive on this host (pid and start time both match)."""
+    alive = []
+    for rank, path in files.rank_statuses(attempt):
+        info = read_rank_status(path, rank)
+        if info is not None and info.alive():
+            alive.append(info.pid)
+    return alive
+
+
 def worker_environment() -> dict[str, str]:
     """The caller's environment plus its ``sys.path``, so the function's module imports."""
     paths = [os.path.abspath(p or os.getcwd()) for p in sys.path if os.path.isdir(p or os.getcwd())]
@@ -117,6 +128,14 @@ class LocalBackend(Backend):
             if _alive(int(launch["pid"]), launch.get("start_ticks")) or _launcher_alive(files, attempt):
                 return "running"
         return "running" if live_ranks(files, attempt) else "ended"
+
+    def recover(self, files: JobFiles, attempt: int) -> dict[str, Any] | None:
+        """A launch whose maker died after starting mpiexec: its launcher's pid file says so."""
+        try:
+            pid = int(launcher_pid_file(files, attempt).read_text())
+        except (OSError, ValueError):
+            return None
+        return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "recovered": True}
 
     def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any], grace_s: float = 3.0) -> None:
         """SIGTERM the launcher and every process below it, then SIGKILL what is left.

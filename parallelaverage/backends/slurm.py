@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from parallelaverage._atomic import atomic_write_bytes
-from parallelaverage._jobfiles import JobFiles
+from parallelaverage._jobdir import JobFiles
 from parallelaverage.backends.base import Backend, worker_argv
 from parallelaverage.backends.local import worker_environment
 from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_command
@@ -391,6 +391,19 @@ class SlurmBackend(Backend):
             if command == str(script) and job_id.isdigit():
                 return job_id
         return None
+
+    def recover(self, files: JobFiles, attempt: int) -> dict[str, Any] | None:
+        """A launch whose maker died after sbatch accepted it: found by name and script."""
+        script = files.attempt_dir(attempt) / "job.sbatch"
+        if not script.exists():
+            return None
+        try:
+            job_id = self._submitted(script, files.dir.name)
+        except RuntimeError:
+            return None
+        if job_id is None:
+            return None
+        return {"backend": self.name, "job_id": job_id, "script": str(script), "recovered": True}
 
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
         return self.states([(files, attempt, launch)])[0]

@@ -14,7 +14,7 @@ from .database import JobDatabase, JobScan
 from .errors import CorruptFileError, JobNotFoundError, LockTimeoutError
 from .keys import CallKey, call_key, code_hash
 from .locks import SOFT_LOCKS_ENV
-from .records import SCHEMA_VERSION, STATUSES, JobRecord, new_record
+from .records import LIVE_STATUSES, SCHEMA_VERSION, STATUSES, JobRecord, new_record
 
 __all__ = [
     "CallKey",
@@ -27,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOFT_LOCKS_ENV",
     "STATUSES",
+    "LIVE_STATUSES",
     "atomic_write_bytes",
     "atomic_write_json",
     "call_key",

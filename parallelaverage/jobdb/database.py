@@ -65,6 +65,7 @@ from typing import Any, NamedTuple
 from . import index
 from parallelaverage._atomic import atomic_write_bytes, atomic_write_json, host_tag, read_json
 from .errors import CorruptFileError, JobNotFoundError
+from parallelaverage.errors import ReadOnlyDatabaseError
 from .keys import CallKey
 from .locks import DatabaseLock, use_soft_locks
 from .records import JOB_NAME_PATTERN, JobRecord, utc_now
@@ -94,6 +95,20 @@ class JobScan(NamedTuple):
 
     records: list[JobRecord]
     problems: list[CorruptFileError]
+
+
+class _KeyOf:
+    """The parts of a call key an index entry needs, taken from a record."""
+
+    def __init__(self, record: JobRecord) -> None:
+        self.digest = record.key_digest
+        self.function, self.call = record.function, record.call
+        self.N_runs, self.average_results = record.N_runs, record.average_results
+
+    def describe(self) -> str:
+        from .keys import describe_call
+
+        return describe_call(self.call, self.N_runs, self.average_results)
 
 
 class JobDatabase:
@@ -309,8 +324,9 @@ class JobDatabase:
                 the database, usually ``lambda name: new_record(key, name, code_hash=...)``.
                 Called at most once, under the lock: keep it quick; it should not
                 write files.
-            files: Data files to put in the new job's folder, ``{file name: content}``;
-                they appear together with ``job.json``. Unused when the job exists.
+            files: Data files to put in the new job's folder, ``{relative path: content}``
+                (``"payload.pkl"``, ``"attempts/1/runs.json"``); they appear together with
+                ``job.json``. Unused when the job exists.
 
         Returns:
             ``(record, created)``: the job's record and whether this call created it.
@@ -326,10 +342,94 @@ class JobDatabase:
             return record, False
         self._ensure_layout()
         with self._db_lock:
-            record = self.lookup(key)
+            record = self.lookup(key) or self._reindex(key)
             if record is not None:
                 return record, False
             return self._create_locked(key, make_record, files), True
+
+    def find_unindexed(self, key: CallKey) -> JobRecord | None:
+        """The newest job of ``key`` whose index entry is gone (removed by hand, or a
+        half-synced copy): its folder and ``job.json`` are there, the index does not
+        name it. Reads the records of the jobs of the same function only.
+        """
+        suffix = f"_{key.name}"
+        try:
+            names = [e.name for e in os.scandir(self.root) if e.name.endswith(suffix)
+                     and JOB_NAME_PATTERN.fullmatch(e.name)]
+        except FileNotFoundError:
+            return None
+        for name in sorted(names, key=lambda n: int(n.split("_", 1)[0]), reverse=True):
+            try:
+                record = self._read_record(name)
+            except (FileNotFoundError, CorruptFileError):
+                continue
+            if record.key_digest == key.digest:
+                return record
+        return None
+
+    def _reindex(self, key: CallKey) -> JobRecord | None:
+        """Under the database lock: restore the index entry of an unindexed job of ``key``."""
+        record = self.find_unindexed(key)
+        if record is not None:
+            logger.warning("the index had no entry for %s although job %s answers it; re-indexed it",
+                           key.describe(), record.job_name)
+            index.write_entry(self.root, key, record.job_name, dir_mode=_DIR_MODE)
+        return record
+
+    def reindex(self) -> list[str]:
+        """Restore every missing index entry (``parallelaverage cleanup --reindex``).
+
+        For each call, the newest job answering it is indexed, unless the index names
+        another existing job of that call. Returns the names of the jobs re-indexed.
+        """
+        self._ensure_layout()
+        restored = []
+        with self._db_lock:
+            for record in sorted(self.scan().records, key=lambda r: r.index):
+                entry = index.entry_path(self.root, record.key_digest)
+                try:
+                    current = index.read_entry(entry, record.key_digest)
+                    if current == record.job_name or current and self.job_dir(current).is_dir() and \
+                            int(current.split("_", 1)[0]) > record.index:
+                        continue
+                except (FileNotFoundError, CorruptFileError):
+                    pass
+                index.write_entry(self.root, _KeyOf(record), record.job_name, dir_mode=_DIR_MODE)  # type: ignore[arg-type]
+                restored.append(record.job_name)
+        return restored
+
+    def launch_lock(self, job_name: str) -> DatabaseLock:
+        """The lock under which a job's launches are decided and created (one caller
+        at a time reads the job's state, chooses the runs and makes the launch)."""
+        self.job_dir(job_name)
+        self._ensure_layout()
+        return self._lock(self.root / "locks" / "jobs" / f"{job_name}.launch.lock")
+
+    def job_names(self) -> list[str]:
+        """The names of the job folders, oldest first (no record is read)."""
+        try:
+            names = [e.name for e in os.scandir(self.root) if JOB_NAME_PATTERN.fullmatch(e.name) and e.is_dir()]
+        except FileNotFoundError:
+            return []
+        return sorted(names, key=lambda n: int(n.split("_", 1)[0]))
+
+    def resolve(self, job: str | int) -> JobRecord:
+        """A job by name (``"3_simulate"``) or number (``3`` or ``"3"``).
+
+        Raises:
+            JobNotFoundError: no such job (or several with that number; the message says).
+            CorruptFileError: its ``job.json`` is unreadable.
+        """
+        text = str(job)
+        if text.isdigit():
+            matches = [n for n in self.job_names() if n.split("_", 1)[0] == text]
+            if len(matches) == 1:
+                text = matches[0]
+            elif len(matches) > 1:
+                raise JobNotFoundError(f"{text} (several jobs have this number: {', '.join(matches)})", self.root)
+        if not JOB_NAME_PATTERN.fullmatch(text):
+            raise JobNotFoundError(text, self.root)
+        return self.load(text)
 
     def create(
         self,
@@ -468,18 +568,29 @@ class JobDatabase:
             raise ValueError(f"job database path {self.path} does not exist; create it or pass an existing directory")
         if not self.path.is_dir():
             raise ValueError(f"job database path {self.path} is not a directory; pass a directory")
-        target = self.root if self.root.exists() else self.path
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"{self.root} is a file, not a job database folder; move it away")
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"job database folder {target} is not writable by this user; "
-                "fix its permissions or pass a directory you can write to"
+
+    @property
+    def writable(self) -> bool:
+        """Whether this user may change the database (reading needs no write access)."""
+        target = self.root if self.root.exists() else self.path
+        return os.access(target, os.W_OK | os.X_OK)
+
+    def check_writable(self, action: str = "change it") -> None:
+        """Raise :class:`ReadOnlyDatabaseError` naming ``action`` if the database is read-only."""
+        if not self.writable:
+            target = self.root if self.root.exists() else self.path
+            raise ReadOnlyDatabaseError(
+                f"cannot {action}: the job database {target} is read-only for this user "
+                "(reading results, list and show work; to submit or change jobs, use a copy you can write "
+                "or fix the folder's permissions)"
             )
 
     def _ensure_layout(self) -> None:
         """Create the database folders if missing (checked on every write: a user
         may delete ``.parallelaverage`` to start afresh while this object lives)."""
+        self.check_writable()
         for folder in (self.root / index.INDEX_DIRNAME, self.root / "locks" / "jobs"):
             if not os.path.isdir(folder):
                 os.makedirs(self.root, mode=_DIR_MODE, exist_ok=True)
@@ -519,15 +630,19 @@ class JobDatabase:
         self._check_new_record(record, key, f"{number}_{key.name}")
         files = dict(files or {})
         for name in files:
-            if not isinstance(name, str) or name in ("", ".", "..", JOB_FILENAME) or "/" in name or os.sep in name:
-                raise ValueError(f"file name {name!r}: must be a plain file name other than {JOB_FILENAME}")
+            parts = name.split("/") if isinstance(name, str) else [""]
+            if name == JOB_FILENAME or any(part in ("", ".", "..") or os.sep in part for part in parts):
+                raise ValueError(f"file name {name!r}: must be a relative path of plain names, "
+                                 f"other than {JOB_FILENAME}")
 
         # Stage the folder under a hidden name, so that it appears complete.
         staging = self.root / f"{_STAGING_PREFIX}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(staging, _DIR_MODE)
         try:
             for name, content in files.items():
-                atomic_write_bytes(staging / name, content)
+                target = staging.joinpath(*name.split("/"))
+                target.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                atomic_write_bytes(target, content)
             while True:
                 atomic_write_json(staging / JOB_FILENAME, record.to_json())
                 # Reserve the index before the folder appears: a crash then leaves

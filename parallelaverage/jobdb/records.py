@@ -27,8 +27,8 @@ old one refuse new records with a message instead of misreading them. Fields
 this version does not know are kept in :attr:`JobRecord.extra` and written
 back unchanged, so a round trip through an older tool loses nothing.
 
-``status`` is free text so that backends can add states; the conventional
-values are :data:`STATUSES`.
+``status`` is one of :data:`STATUSES` (older records may hold other words; they are
+read as they are).
 """
 
 from __future__ import annotations
@@ -45,13 +45,20 @@ from typing import Any
 from .errors import CorruptFileError
 from .keys import CallKey, check_average_results, check_n_runs, describe_call
 
-__all__ = ["JobRecord", "new_record", "utc_now", "SCHEMA_VERSION", "STATUSES", "JOB_NAME_PATTERN"]
+__all__ = ["JobRecord", "new_record", "utc_now", "SCHEMA_VERSION", "STATUSES", "LIVE_STATUSES", "JOB_NAME_PATTERN"]
 
 #: Version of the ``job.json`` layout written by this module.
 SCHEMA_VERSION = 1
 
-#: Conventional values of :attr:`JobRecord.status`, in lifecycle order.
-STATUSES = ("created", "submitted", "running", "completed", "failed", "cancelled")
+#: The values of :attr:`JobRecord.status` parallelaverage writes, in lifecycle order:
+#: ``submitted`` (being launched), ``running`` (queued or executing), and the states a
+#: job stops in: ``completed`` (no run missing; some may have failed), ``ended`` (runs
+#: missing: killed, timed out, crashed), ``cancelled``, ``submit_failed`` (the queue
+#: refused it), ``not_launched`` (its submitter died before launching it).
+STATUSES = ("submitted", "running", "completed", "ended", "cancelled", "submit_failed", "not_launched")
+
+#: The statuses of a job that may still change by itself.
+LIVE_STATUSES = ("submitted", "running")
 
 #: Job names: ``<index>_<function name>``, index counting from 1.
 JOB_NAME_PATTERN = re.compile(r"([1-9][0-9]*)_([A-Za-z0-9_][A-Za-z0-9_.-]*)")

@@ -379,7 +379,7 @@ class Catalog:
 
     def _prefetch(self, names: list[str]) -> None:
         """One queue query for every due job that may be running (SLURM: one squeue)."""
-        from parallelaverage._job import Job, prefetch_states  # the job layer, loaded only once needed
+        from parallelaverage.job import Job, prefetch_states  # the job layer, loaded only once needed
 
         jobs = []
         for name in names:
@@ -399,7 +399,7 @@ class Catalog:
         Errors (a corrupt snapshot, a lock held too long) are logged and skipped:
         the list shows the last known counts.
         """
-        from parallelaverage._job import Job  # the job layer, loaded only once needed
+        from parallelaverage.job import Job  # the job layer, loaded only once needed
 
         started = time.monotonic()
         with self._live_lock:

@@ -1,6 +1,6 @@
 """One job in detail: its record, its runs, its failures and its result, as JSON and files.
 
-Everything here reads through :class:`~parallelaverage._job.Job`, exactly as a call of
+Everything here reads through :class:`~parallelaverage.job.Job`, exactly as a call of
 the function or the command line would: the counts shown are the ones a call returns.
 """
 
@@ -10,13 +10,13 @@ import csv
 import io
 import math
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from parallelaverage._job import Job
-from parallelaverage._jobfiles import encode_run_id
-from parallelaverage._jobs import JobState
+from parallelaverage.job import Job
+from parallelaverage.runspace import encode_run_id
+from parallelaverage._state import JobState
 from parallelaverage.jobdb import JobDatabase
 from parallelaverage.jobdb.keys import describe_value
 from parallelaverage.results import AveragedResult
@@ -84,7 +84,8 @@ def job_details(db: JobDatabase, job_name: str) -> tuple[dict[str, Any], Job]:
         "failed": len(state.failed),
         "missing": len(state.missing),
         "fatal": _clip(state.fatal) if state.fatal else None,
-        "launches": [_json_data(launch) for launch in state.launches],
+        "crashed": len(state.crashed),
+        "launches": [_launch(launch) for launch in state.launches],
     }
     details["failures"] = _failures(state.failed)
     if job.average is None:
@@ -184,15 +185,17 @@ def _last_line(traceback: str) -> str:
     return lines[-1].strip() if lines else "(no message)"
 
 
-def _failures(failed: dict[Any, str]) -> list[dict[str, Any]]:
+def _failures(failed: Mapping[Any, str]) -> list[dict[str, Any]]:
     """Failed runs grouped by their error, biggest group first, each with its first traceback.
 
     Errors are the tracebacks' last lines with numbers masked, so that "run 3 diverged"
     and "run 7 diverged" are one error.
     """
     groups: dict[str, dict[str, Any]] = {}
-    for run, traceback in sorted(failed.items(), key=lambda item: item[0] if isinstance(item[0], tuple) else (item[0],)):
-        error = _last_line(traceback)
+    for run, traceback in failed.items():
+        # a crash message starts with what happened; a traceback ends with it
+        error = traceback.splitlines()[0] if " crashed the rank " in traceback or "os._exit(" in traceback \
+            else _last_line(traceback)
         kind = re.sub(r"\d+(\.\d+)?([eE][-+]?\d+)?", "#", error)
         group = groups.get(kind)
         if group is None:
@@ -254,6 +257,14 @@ def _result_summary(result: Any) -> dict[str, Any]:
     if isinstance(result, tuple):
         return {"kind": "tuple", "elements": [_element_summary(i, v) for i, v in enumerate(result)]}
     return {"kind": "averaged", "elements": [_element_summary(0, result)]}
+
+
+def _launch(launch: Any) -> dict[str, Any]:
+    """One launch for the page: its number, phase, queue id, exit code and message."""
+    info = launch.info or {}
+    return {"launch": launch.number, "phase": launch.phase, "backend": launch.backend,
+            "job_id": _json_data(info.get("job_id")), "pid": _json_data(info.get("pid")),
+            "exit_code": launch.exit_code, "message": _clip(launch.message) if launch.message else None}
 
 
 def _json_data(value: Any) -> Any:

@@ -209,7 +209,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_json(200, {"now": _now(), **details})
                 return
             if what == "output":
-                from parallelaverage._job import Job
+                from parallelaverage.job import Job
 
                 text = _details.output_tail(Job(server.db, server.db.load(name)))
                 self._send(200, text.encode(), "text/plain; charset=utf-8")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from parallelaverage import parallel, parallel_average
-from parallelaverage._jobfiles import JobFiles
+from parallelaverage._jobdir import JobFiles
 from parallelaverage.backends.base import worker_argv
 from parallelaverage.backends.slurm import (
     DEFAULT_TEMPLATE, PLACEHOLDERS, ScriptInputs, SlurmBackend, load_template, render_script, template_path,

@@ -62,7 +62,7 @@ def test_library_warnings_and_logs_become_single_lines(tmp_path, monkeypatch, ca
     import logging
     import warnings
 
-    from parallelaverage import _cli_commands, _jobs
+    from parallelaverage import _cli_commands, errors as _jobs
 
     def noisy(args):
         warnings.warn("[parallelaverage] 2 / 10 runs failed; the first error:\nTraceback ...\nValueError: x",

@@ -11,6 +11,8 @@ import sys
 import threading
 
 import pytest
+
+from parallelaverage import errors as pa_errors
 from jobdb_helpers import key_of, maker, subprocess_env
 
 from parallelaverage.jobdb import (
@@ -59,13 +61,15 @@ def test_path_must_be_a_directory(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; see the os.access test")
-def test_read_only_path_is_refused(tmp_path):
+def test_a_read_only_path_can_be_read_but_not_written(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        with pytest.raises(PermissionError, match="not writable by this user; fix its permissions"):
-            JobDatabase(folder)
+        db = JobDatabase(folder)  # reading needs no write access
+        assert db.lookup(key_of(1)) is None and db.jobs() == []
+        with pytest.raises(PermissionError, match="read-only for this user"):
+            db.get_or_create(key_of(1), maker(key_of(1)))
     finally:
         folder.chmod(stat.S_IRWXU)
 
@@ -74,8 +78,10 @@ def test_unwritable_path_is_refused_per_os_access(tmp_path, monkeypatch):
     # Beside the real test above, which cannot run as root.
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
-    with pytest.raises(PermissionError, match=f"{tmp_path} is not writable"):
-        JobDatabase(tmp_path)
+    db = JobDatabase(tmp_path)
+    assert not db.writable
+    with pytest.raises(pa_errors.ReadOnlyDatabaseError, match=f"{tmp_path} is read-only for this user"):
+        db.get_or_create(key_of(1), maker(key_of(1)))
 
 
 def test_nothing_is_written_until_a_job_is_created(tmp_path, db):
@@ -129,7 +135,7 @@ def test_files_appear_with_the_job(db):
     key = key_of(1)
     record, _ = db.get_or_create(key, maker(key), files={"call.pkl": b"payload"})
     assert (db.job_dir(record) / "call.pkl").read_bytes() == b"payload"
-    with pytest.raises(ValueError, match="must be a plain file name"):
+    with pytest.raises(ValueError, match="must be a relative path of plain names"):
         db.get_or_create(key_of(2), maker(key_of(2)), files={"../evil": b""})
 
 

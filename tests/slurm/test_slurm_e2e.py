@@ -22,7 +22,7 @@ import pytest
 
 import parallelaverage as pa
 from parallelaverage import JobEndedWarning, NotReadyWarning, cancel_job, dont_submit, parallel, parallel_average, re_submit, wait
-from parallelaverage._jobfiles import JobFiles
+from parallelaverage._jobdir import JobFiles
 from parallelaverage.backends import slurm as slurm_backend
 from parallelaverage.backends.slurm import SlurmBackend
 
@@ -392,7 +392,7 @@ def test_states_asks_squeue_once_for_many_jobs(tmp_path, monkeypatch):
 
 
 def test_a_database_listing_asks_squeue_once(tmp_path, monkeypatch):
-    from parallelaverage._job import Job, prefetch_states
+    from parallelaverage.job import Job, prefetch_states
     from parallelaverage.jobdb import JobDatabase
 
     @parallel(N_runs=1, N_tasks=1, time="00:02:00", queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])

@@ -410,8 +410,9 @@
         parts.push(el("p", { class: "problems" }, `The job is no longer running but ${plural(st.missing, "run")} have no result: run them with re_submit.`));
       }
       if (st.launches.length) {
-        parts.push(el("p", { class: "muted" }, st.launches.map((l, i) =>
-          `launch ${i + 1}: ${l.job_id !== undefined ? `queue job ${l.job_id}` : l.pid !== undefined ? `pid ${l.pid}` : l.backend || "?"}`).join(" · ")));
+        parts.push(el("p", { class: "muted" }, st.launches.map((l) =>
+          `launch ${l.launch}: ${l.job_id !== null ? `queue job ${l.job_id}` : l.pid !== null ? `pid ${l.pid}` : l.backend || "?"}` +
+          ` (${l.phase}${l.exit_code !== null ? `, exit code ${l.exit_code}` : ""})`).join(" · ")));
       }
     }
     if (data.problems.length) parts.push(el("ul", { class: "problems" }, data.problems.map((p) => el("li", {}, p))));

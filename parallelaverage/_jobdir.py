@@ -1,0 +1,246 @@
+"""The files of one job folder: where each lives, and the small JSON ones' formats.
+
+Written by the caller (payload, launch plans, launch records) and by the ranks
+(status, snapshots, results, outputs). Layout of ``<path>/.parallelaverage/<n>_<function>/``::
+
+    job.json                  the record (parallelaverage.jobdb)
+    payload.pkl               cloudpickle of the function, its arguments and job settings
+    attempts/<k>/             launch k: the first launch is 1, each re-submission adds one
+      creator.json            who is making the launch (host, pid, start time): written first
+      runs.json               the launch plan: which runs (as position ranges), which streams
+      launch.json             how the launch was started (backend, pid or queue job id)
+      submit_error.txt        why the queue refused the launch (then there is no launch.json)
+      rank-r<rank>.status     each rank's status record (parallelaverage._rankstatus)
+      snapshot-r<rank>.pkl    each rank's tally so far (parallelaverage._tally)
+      result.pkl              the launch's merged tally, written last by rank 0
+      outputs-r<rank>.bin|.jsonl  every run's output, appended once (parallelaverage._outputs)
+      sealed.pkl              the launch's tally frozen when a later launch was made
+      cancel_requested        a cancel that came while the launch was being made
+      fatal-r<rank>.txt       why a rank could not start its runs
+      launcher.pid, exit_code, stdout.txt, stderr.txt, job.sbatch, slurm_state
+
+Every file but the append-only outputs and the memory-mapped status records is
+written atomically (temporary file, fsync, ``os.replace``).
+
+Knows nothing of statistics or of the job database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from parallelaverage._atomic import atomic_write_bytes
+from parallelaverage._rankstatus import process_start_ticks
+from parallelaverage.runspace import Positions, RunSpace
+
+__all__ = ["JobFiles", "LaunchPlan", "Creator"]
+
+PLAN_SCHEMA = 2
+
+
+class LaunchPlan:
+    """Which runs a launch executes and how: the content of ``runs.json``.
+
+    Attributes:
+        positions: the runs, as positions of the job's run space.
+        stream_generation: 0 for the runs' own random streams; another number
+            (the launch's) for fresh streams (``re_submit(fresh_streams=True)``).
+    """
+
+    __slots__ = ("positions", "stream_generation")
+
+    def __init__(self, positions: Positions, stream_generation: int = 0) -> None:
+        self.positions, self.stream_generation = positions, stream_generation
+
+    def to_bytes(self, space: RunSpace) -> bytes:
+        return json.dumps({"schema": PLAN_SCHEMA, "N_runs": space.canonical,
+                           "positions": self.positions.to_json(),
+                           "stream_generation": self.stream_generation}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, space: RunSpace) -> LaunchPlan:
+        """Read a plan; a list of run ids (the format before schema 2) is understood too.
+
+        Raises:
+            ValueError: not a launch plan.
+        """
+        value = json.loads(data)
+        if isinstance(value, list):  # schema 1: the run ids themselves
+            return cls(Positions.of(space.position_of(space.decode_id(run)) for run in value))
+        if not isinstance(value, dict) or value.get("schema") != PLAN_SCHEMA:
+            raise ValueError("not a launch plan of a schema this version reads")
+        generation = value.get("stream_generation", 0)
+        if type(generation) is not int or generation < 0:
+            raise ValueError(f"stream_generation={generation!r}: must be an integer >= 0")
+        return cls(Positions.from_json(value["positions"]), generation)
+
+
+    @classmethod
+    def read_with_space(cls, path: Path) -> tuple[LaunchPlan, RunSpace]:
+        """A plan and the run space it names (what a rank needs; schema 2 only).
+
+        Raises:
+            ValueError: not a launch plan of schema 2.
+        """
+        value = json.loads(path.read_bytes())
+        if not isinstance(value, dict) or "N_runs" not in value:
+            raise ValueError(f"{path} is not a launch plan this version of the worker reads")
+        space = RunSpace(value["N_runs"])
+        return cls.from_bytes(path.read_bytes(), space), space
+
+
+class Creator:
+    """Who is making a launch: written before anything else of the launch exists."""
+
+    @staticmethod
+    def now() -> dict[str, Any]:
+        pid = os.getpid()
+        return {"host": socket.gethostname(), "pid": pid, "start_ticks": process_start_ticks(pid),
+                "created_at": time.time()}
+
+    @staticmethod
+    def alive(info: dict[str, Any], grace_s: float) -> bool:
+        """Whether the creator may still be at work: its process lives (same host), or,
+        on another host, the launch is younger than ``grace_s``."""
+        if info.get("host") == socket.gethostname():
+            pid = info.get("pid")
+            return isinstance(pid, int) and process_start_ticks(pid) == info.get("start_ticks")
+        created = info.get("created_at")
+        return not isinstance(created, (int, float)) or time.time() - created < grace_s
+
+
+class JobFiles:
+    """Paths of one job folder (nothing is read or written on construction)."""
+
+    def __init__(self, job_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(job_dir)
+
+    @property
+    def payload(self) -> Path:
+        return self.dir / "payload.pkl"
+
+    # ------------------------------------------------------------------ launches
+    @property
+    def attempts_dir(self) -> Path:
+        return self.dir / "attempts"
+
+    def attempt_dir(self, attempt: int) -> Path:
+        return self.dir / "attempts" / str(attempt)
+
+    def attempts(self) -> list[int]:
+        """Numbers of the launches made so far, in order."""
+        try:
+            names = os.listdir(self.attempts_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def creator(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "creator.json"
+
+    def runs(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "runs.json"
+
+    def launch(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "launch.json"
+
+    def submit_error(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "submit_error.txt"
+
+    def cancel_request(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "cancel_requested"
+
+    def sealed(self, attempt: int) -> Path:
+        """The launch's tally frozen when a later launch was made (see ``_state``)."""
+        return self.attempt_dir(attempt) / "sealed.pkl"
+
+    # ------------------------------------------------------------------ ranks
+    def rank_status(self, attempt: int, rank: int) -> Path:
+        return self.attempt_dir(attempt) / f"rank-r{rank}.status"
+
+    def rank_statuses(self, attempt: int) -> list[tuple[int, Path]]:
+        """``(rank, path)`` of every rank that started, by rank."""
+        return self._per_rank(attempt, "rank-r", ".status")
+
+    def snapshot(self, attempt: int, rank: int) -> Path:
+        return self.attempt_dir(attempt) / f"snapshot-r{rank}.pkl"
+
+    def snapshots(self, attempt: int) -> list[Path]:
+        return [path for _, path in self._per_rank(attempt, "snapshot-r", ".pkl")]
+
+    def result(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "result.pkl"
+
+    def outputs(self, attempt: int, rank: int, encoding: str) -> Path:
+        suffix = "jsonl" if encoding == "json" else "bin"
+        return self.attempt_dir(attempt) / f"outputs-r{rank}.{suffix}"
+
+    def all_outputs(self, attempt: int) -> list[Path]:
+        return sorted(self.attempt_dir(attempt).glob("outputs-r*.*"))
+
+    def fatal(self, attempt: int, rank: int) -> Path:
+        return self.attempt_dir(attempt) / f"fatal-r{rank}.txt"
+
+    def fatals(self, attempt: int) -> list[Path]:
+        return [path for _, path in self._per_rank(attempt, "fatal-r", ".txt")]
+
+    def exit_code(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "exit_code"
+
+    def stdout(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "stdout.txt"
+
+    def stderr(self, attempt: int) -> Path:
+        return self.attempt_dir(attempt) / "stderr.txt"
+
+    def _per_rank(self, attempt: int, prefix: str, suffix: str) -> list[tuple[int, Path]]:
+        directory = self.attempt_dir(attempt)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name.startswith(prefix) and name.endswith(suffix):
+                middle = name[len(prefix) : len(name) - len(suffix)]
+                if middle.isdigit():
+                    found.append((int(middle), directory / name))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ small files
+    def write_plan(self, attempt: int, plan: LaunchPlan, space: RunSpace) -> None:
+        atomic_write_bytes(self.runs(attempt), plan.to_bytes(space))
+
+    def read_plan(self, attempt: int, space: RunSpace) -> LaunchPlan:
+        return LaunchPlan.from_bytes(self.runs(attempt).read_bytes(), space)
+
+    def read_json(self, path: Path) -> Any:
+        """A small JSON file, or None if it is missing or unreadable."""
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def exit_status(self, attempt: int) -> int | None:
+        """The launcher's exit status, if it ended and wrote one."""
+        try:
+            return int(self.exit_code(attempt).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stderr_tail(self, attempt: int, lines: int = 8) -> str:
+        """The last lines of the launch's ``stderr.txt`` ('' if none)."""
+        try:
+            with open(self.stderr(attempt), "rb") as file:
+                file.seek(0, os.SEEK_END)
+                size = file.tell()
+                file.seek(max(0, size - 8192))
+                text = file.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])

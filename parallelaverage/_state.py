@@ -1,0 +1,382 @@
+"""Reading a job's state from its files: each launch's phase and tally, merged into one.
+
+A job is a sequence of launches (``attempts/1``, ``attempts/2``...). Each launch is in
+one phase, decided from its files and, while it may run, by its backend:
+
+==============  ==============================================================
+``launching``    its folder exists (``creator.json`` first), no ``launch.json``
+                 yet, and its creator is alive: another caller is launching it
+``submit_failed``  the queue refused it (``submit_error.txt`` says why); final
+``abandoned``    no ``launch.json``, its creator is gone and no rank ever started:
+                 it never ran (a caller killed mid-submission); final
+``running``      the backend says it may still run (queued or executing)
+``ended``        the backend says it is over
+==============  ==============================================================
+
+Each launch's **tally** (which runs it finished or failed, and their statistics) is
+its ``sealed.pkl`` if a later launch froze it, else its ``result.pkl``, else the
+merge of its ranks' snapshots. Once a launch has ended, its ranks' status records
+tell which runs crashed their rank (a fatal signal or ``os._exit`` inside the run):
+those count as failed, with the signal and the rank's report. The job's state merges
+every launch: a run is *done* if any launch did it, else *pending* if a live launch
+will run it, else *failed* (or crashed) if a launch failed it, else *missing*.
+
+Reading never writes: results, ``list``, ``show`` and the viewer work on a read-only
+database and on a full disk.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from parallelaverage._jobdir import Creator, JobFiles, LaunchPlan
+from parallelaverage._rankstatus import RankInfo, read_rank_status
+from parallelaverage._tally import Tally
+from parallelaverage._trust import load_pickle
+from parallelaverage.backends.base import Backend, backend_named
+from parallelaverage.errors import UntrustedFileError
+from parallelaverage.runspace import Positions, RunIds, RunSpace
+
+__all__ = ["LaunchState", "JobState", "FailedRuns", "read_launch", "read_job_state", "LAUNCH_GRACE_S"]
+
+LAUNCH_GRACE_S = 60.0
+"""A launch being made on another host, with no ``launch.json`` after this long, is
+taken as abandoned by its creator (on the creator's own host, its pid decides)."""
+
+LIVE_PHASES = ("launching", "running")
+
+
+@dataclass
+class LaunchState:
+    """One launch as read now."""
+
+    number: int
+    phase: str
+    info: dict[str, Any] | None
+    backend: str | None
+    plan: LaunchPlan | None
+    tally: Tally
+    ranks: list[RankInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    message: str | None = None  # why it was refused or could not start its runs
+    exit_code: int | None = None
+    cancelled: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.phase in LIVE_PHASES
+
+
+class FailedRuns(Mapping[Any, str]):
+    """Run id -> error message of the failed runs (read on demand)."""
+
+    def __init__(self, space: RunSpace, positions: Positions, tally: Tally) -> None:
+        self._space, self._positions, self._tally = space, positions, tally
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._space.ids(self._positions))
+
+    def __getitem__(self, run: Any) -> str:
+        try:
+            position = self._space.position_of(run)
+        except KeyError:
+            raise KeyError(run) from None
+        if position not in self._positions:
+            raise KeyError(run)
+        return self._tally.error_of(position) or f"run {run!r} failed (its message was not kept)"
+
+    def first(self) -> tuple[Any, str] | None:
+        """The failed run with a kept message and the smallest position, with its message."""
+        kept = sorted(p for p in (*self._tally.crashed, *self._tally.errors) if p in self._positions)
+        if kept:
+            return self._space.id_at(kept[0]), self._tally.error_of(kept[0]) or ""
+        first = self._positions.first()
+        return None if first is None else (self._space.id_at(first), self[self._space.id_at(first)])
+
+
+@dataclass
+class JobState:
+    """Everything known about a job right now, merged over all its launches.
+
+    Attributes:
+        status: one of :data:`parallelaverage.jobdb.STATUSES` but ``submitted``.
+        space: the job's run space.
+        tally: the merged tally (minority output layouts already moved to failed).
+        done, failed, crashed, pending, missing: run positions; ``crashed`` is part of
+            ``failed``; ``pending`` (runs a live launch will still run) is part of ``missing``.
+        launches: every launch, oldest first.
+        problems: unreadable files and the like, one line each.
+        fatal: why the latest launch could not run anything (launcher or start-up failure).
+    """
+
+    status: str
+    space: RunSpace
+    tally: Tally
+    done: Positions
+    failed_positions: Positions
+    crashed: Positions
+    pending: Positions
+    missing_positions: Positions
+    launches: list[LaunchState]
+    problems: list[str] = field(default_factory=list)
+    fatal: str | None = None
+
+    # views in run ids, for results, the command line and the viewer
+    @property
+    def all_runs(self) -> RunIds:
+        return self.space.ids(self.space.all())
+
+    @property
+    def successful(self) -> RunIds:
+        return self.space.ids(self.done)
+
+    @property
+    def failed(self) -> FailedRuns:
+        return FailedRuns(self.space, self.failed_positions, self.tally)
+
+    @property
+    def missing(self) -> RunIds:
+        return self.space.ids(self.missing_positions)
+
+    @property
+    def not_ready(self) -> int:
+        return len(self.missing_positions)
+
+    @property
+    def latest(self) -> LaunchState | None:
+        return self.launches[-1] if self.launches else None
+
+
+# ------------------------------------------------------------------ one launch
+def _read_tally(files: JobFiles, attempt: int, problems: list[str]) -> tuple[Tally, bool]:
+    """A launch's tally, and whether it is final (sealed or a whole result)."""
+    for path in (files.sealed(attempt), files.result(attempt)):
+        if not path.exists():
+            continue
+        try:
+            tally = load_pickle(path)
+        except UntrustedFileError:
+            raise
+        except (OSError, ValueError) as error:
+            problems.append(f"{error}; using the snapshots")
+            continue
+        if isinstance(tally, Tally):
+            return tally, True
+        problems.append(f"{path} is not a result of this version of parallelaverage; using the snapshots")
+    merged = Tally()
+    for path in files.snapshots(attempt):
+        try:
+            piece = load_pickle(path)
+            if not isinstance(piece, Tally):
+                raise ValueError(f"{path} is not a snapshot of this version of parallelaverage")
+            merged = merged.merged(piece)  # all or nothing: a piece that cannot merge changes nothing
+        except UntrustedFileError:
+            raise
+        except (OSError, ValueError) as error:
+            problems.append(f"{error}; its runs count as missing")
+    return merged, False
+
+
+def _signal_text(number: int) -> str:
+    try:
+        return f"signal {number}, {_signal.Signals(number).name}"
+    except ValueError:
+        return f"signal {number}"
+
+
+def _crashes(files: JobFiles, attempt: int, ranks: list[RankInfo], space: RunSpace) -> dict[int, str]:
+    """Runs that killed their rank: position -> message (for an ended launch)."""
+    crashed: dict[int, str] = {}
+    for info in ranks:
+        if info.in_flight is None or info.stage not in ("running", "exited_in_run"):
+            continue
+        run = space.id_at(info.in_flight)
+        report = info.crash_report.strip()
+        if info.stage == "exited_in_run":
+            why = f"run {run!r} ended its rank's process (rank {info.rank}) with os._exit({info.exit_code})"
+        elif info.crash_signal is not None:
+            why = f"run {run!r} crashed the rank (rank {info.rank}, {_signal_text(info.crash_signal[0])})"
+        else:
+            continue  # killed from outside (or by the OOM killer): the run was only in flight
+        tail = files.stderr_tail(attempt)
+        text = why
+        if report:
+            text += "\n" + report
+        if tail:
+            text += f"\nlast lines of {files.stderr(attempt)}:\n{tail}"
+        crashed[info.in_flight] = text
+    return crashed
+
+
+def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_code: int | None) -> str | None:
+    """Why an ended launch could not run anything — its launcher failed before any rank
+    started, or its ranks failed to start (an import error, a wrong MPI world) — or None
+    when its ranks started and were stopped (killed, cancelled) like any ended launch."""
+    fatal = [path.read_text(errors="replace") for path in files.fatals(attempt)]
+    code = "" if exit_code is None else f" (exit code {exit_code}{_exit_meaning(exit_code)})"
+    errors = [r.error.strip() for r in ranks if r.stage == "failed_to_start" and r.error.strip()]
+    if fatal or errors:
+        head = f"launch {attempt} could not start its runs{code}:\n{(fatal or errors)[0].rstrip()}"
+    elif not ranks and exit_code not in (None, 0):  # the launcher itself failed (killed: no exit code)
+        head = f"launch {attempt} failed before any rank started{code}"
+    else:
+        return None
+    tail = files.stderr_tail(attempt)
+    if tail:
+        head += f"\nlast lines of {files.stderr(attempt)}:\n{tail}"
+    return head
+
+
+def _exit_meaning(code: int) -> str:
+    if code > 128:
+        return f", {_signal_text(code - 128)}"
+    if code < 0:
+        return f", {_signal_text(-code)}"
+    return ""
+
+
+def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: bool = True,
+                states: Mapping[int, str] | None = None) -> LaunchState:
+    """Read one launch (see the module docstring for its phases).
+
+    Args:
+        states: the backend's answers for launches with a ``launch.json``, when the
+            caller asked for many at once; else the backend is asked here.
+    """
+    problems: list[str] = []
+    info = files.read_json(files.launch(attempt))
+    if info is not None and not isinstance(info, dict):
+        problems.append(f"{files.launch(attempt)} is corrupt")
+        info = None
+    creator = files.read_json(files.creator(attempt)) or {}
+    backend_name = (info or {}).get("backend") or creator.get("backend")
+    try:
+        plan = files.read_plan(attempt, space)
+    except (OSError, ValueError):
+        plan = None
+    cancelled = files.cancel_request(attempt).exists()
+    ranks = [r for r in (read_rank_status(path, rank) for rank, path in files.rank_statuses(attempt)) if r]
+    message = None
+    if info is None:
+        error = files.submit_error(attempt)
+        if error.exists():
+            phase = "submit_failed"
+            message = error.read_text(errors="replace").strip()
+        elif Creator.alive(creator, LAUNCH_GRACE_S) and creator:
+            phase = "launching"
+        else:
+            recovered = _backend(backend_name).recover(files, attempt) if backend_name else None
+            if recovered is not None:
+                info = recovered
+            elif any(r.alive() for r in ranks):
+                phase = "running"
+            elif ranks:
+                phase = "ended"
+            else:
+                phase = "abandoned"
+                message = (f"launch {attempt} was never started: the process making it "
+                           f"(pid {creator.get('pid', '?')} on {creator.get('host', '?')}) was gone before it did")
+    if info is not None:
+        if states is not None and attempt in states:
+            phase = states[attempt]
+        elif ask_backend and backend_name:
+            phase = _backend(backend_name).state(files, attempt, info)
+        else:
+            phase = "ended"
+    tally, final = _read_tally(files, attempt, problems)
+    exit_code = files.exit_status(attempt)
+    if phase == "ended" and not files.sealed(attempt).exists():
+        crashed = _crashes(files, attempt, ranks, space)
+        if crashed:
+            tally = Tally(tally.done, tally.failed, tally.errors, {**tally.crashed, **crashed}, tally.groups)
+        if not tally.done and not tally.failed and not crashed:
+            message = _start_failure(files, attempt, ranks, exit_code)
+        elif not final and exit_code not in (None, 0) and not crashed:
+            problems.append(
+                f"launch {attempt} exited with code {exit_code}{_exit_meaning(exit_code)} without writing its "
+                f"result (see {files.stderr(attempt)}); the ranks' snapshots were merged instead")
+        for rank in ranks:
+            if rank.error:
+                problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
+    elif phase in LIVE_PHASES:
+        for rank in ranks:
+            if rank.error:
+                problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
+    return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks, problems, message, exit_code,
+                       cancelled)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def _backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        _BACKENDS[name] = backend_named(name)
+    return _BACKENDS[name]
+
+
+# ------------------------------------------------------------------ the whole job
+def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | None = None) -> JobState:
+    """Merge every launch of a job into one state (asks each backend once for all its launches)."""
+    attempts = files.attempts()
+    by_backend: dict[str, list[tuple[JobFiles, int, dict[str, Any]]]] = {}
+    for attempt in attempts:
+        info = files.read_json(files.launch(attempt))
+        if isinstance(info, dict) and info.get("backend"):
+            by_backend.setdefault(info["backend"], []).append((files, attempt, info))
+    states: dict[int, str] = {}
+    for name, launches in by_backend.items():
+        for (_, attempt, _), answer in zip(launches, _backend(name).states(launches)):
+            states[attempt] = answer
+    launches_read = [read_launch(files, attempt, space, states=states) for attempt in attempts]
+    return combine(launches_read, space, submitted_at=submitted_at)
+
+
+def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float | None = None) -> JobState:
+    """The job's state from its launches' states."""
+    import time
+
+    problems = [p for launch in launches for p in launch.problems]
+    merged = Tally()
+    for launch in launches:
+        try:
+            merged = merged.merged(launch.tally)
+        except ValueError as error:
+            problems.append(f"launch {launch.number}: {error}; its runs count as missing")
+    tally = merged.resolved(space.id_at)
+    done = tally.done
+    crashed = Positions.of(tally.crashed) - done
+    pending = Positions()
+    for launch in launches:
+        if launch.live and launch.plan is not None:
+            pending = pending.union(launch.plan.positions)
+    pending = pending - done
+    failed = tally.failed.union(crashed) - done - pending
+    crashed = crashed - pending
+    missing = space.all() - done - failed
+    live = any(launch.live for launch in launches)
+    latest = launches[-1] if launches else None
+    fatal = latest.message if latest is not None and latest.phase in ("ended", "submit_failed", "abandoned") else None
+    if live:
+        status = "running"
+    elif not launches:
+        recent = submitted_at is not None and time.time() - submitted_at < LAUNCH_GRACE_S
+        status = "running" if recent else "not_launched"
+    elif latest is not None and latest.cancelled:
+        status = "cancelled"
+    elif not missing:
+        status = "completed"
+    elif latest is not None and latest.phase == "submit_failed":
+        status = "submit_failed"
+    elif latest is not None and latest.phase == "abandoned":
+        status = "not_launched"
+    else:
+        status = "ended"
+    if status == "completed":
+        fatal = None
+    return JobState(status, space, tally, done, failed, crashed, pending, missing, launches, problems, fatal)

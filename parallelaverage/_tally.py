@@ -1,0 +1,196 @@
+"""``Tally``: what a rank, a launch or a whole job has done — which runs, and their statistics.
+
+A rank keeps one ``Tally`` while it works and writes it as its snapshot; rank 0 writes
+the merged tally of a launch as its result; the caller merges the tallies of every
+launch into the job's. Runs are positions (:mod:`parallelaverage.runspace`), held as
+ranges, so a tally's size does not grow with the number of runs that succeeded.
+
+Averaged outputs are grouped by **layout** (tuple length and the shape of each
+averaged element): a run whose output has another shape than the others' goes into
+a group of its own instead of breaking the merge, on every rank and in every merge.
+When a result is built, the group with the most runs is the average and the runs of
+the other groups count as failed, with a message that names both shapes
+(:meth:`Tally.resolved`). So one odd run fails alone, whichever rank ran it, in
+whatever order, on 1 rank or 1,000.
+
+Merging is all-or-nothing: :meth:`Tally.merged` builds a new tally and changes
+nothing if any part cannot merge, so run ids and statistics always change together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parallelaverage.runspace import Positions
+from parallelaverage.stats import WeightedSample, Welford
+
+__all__ = ["Tally", "Group", "Layout", "layout_of", "describe_layout", "MAX_ERRORS_KEPT", "MAX_GROUPS"]
+
+MAX_ERRORS_KEPT = 100
+"""Failed runs whose message is kept per tally (every failed run is counted)."""
+
+MAX_GROUPS = 8
+"""Distinct output layouts a tally keeps; a run with a ninth fails at once."""
+
+Layout = tuple  # (tuple length or None, ((element index, shape), ...))
+
+
+def layout_of(output: Any, average: Any) -> tuple[Layout, list[tuple[int, Any, Any]]] | str:
+    """The layout of one output and its averaged elements ``(index, sample, weight)``;
+    a message instead if it cannot be averaged."""
+    is_tuple = isinstance(output, tuple)
+    elements = output if is_tuple else (output,)
+    indices = range(len(elements)) if average == "all" else average
+    prepared = []
+    shapes = []
+    for index in indices:
+        if index >= len(elements):
+            return f"returned {_describe(output)}: no element {index} to average"
+        element = elements[index]
+        if isinstance(element, WeightedSample):
+            sample, weight = element.sample, element.weight
+            if not (isinstance(weight, (int, float, np.integer, np.floating)) and not isinstance(weight, bool)
+                    and 0 <= float(weight) < float("inf")):
+                return f"returned the weight {weight!r}: weights must be finite and >= 0"
+        else:
+            sample, weight = element, None
+        kind = type(sample)
+        if kind is float or kind is int:
+            shape: tuple[int, ...] = ()
+        else:
+            array = sample if kind is np.ndarray else np.asarray(sample)
+            if array.dtype.kind not in "biufc":
+                return (f"returned {_describe(sample)}, which cannot be averaged: return numbers or "
+                        "numeric arrays, or use @parallel to keep outputs as they are")
+            shape = array.shape
+        prepared.append((index, sample, weight))
+        shapes.append((index, shape))
+    return (len(elements) if is_tuple else None, tuple(shapes)), prepared
+
+
+def describe_layout(layout: Layout) -> str:
+    """``"an array of shape (4,)"``, ``"a tuple of 3 (element 0: shape (2,))"``..."""
+    length, shapes = layout
+
+    def one(shape: tuple[int, ...]) -> str:
+        return "a number" if shape == () else f"an array of shape {shape}"
+
+    if length is None:
+        return one(shapes[0][1]) if shapes else "a value"
+    inner = ", ".join(f"element {i}: {'number' if s == () else f'shape {s}'}" for i, s in shapes)
+    return f"a tuple of {length} ({inner})"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+@dataclass
+class Group:
+    """The runs whose outputs share one layout, and their statistics."""
+
+    layout: Layout
+    runs: Positions = field(default_factory=Positions)
+    accumulators: dict[int, Welford] = field(default_factory=dict)
+    last_values: dict[int, Any] = field(default_factory=dict)
+    last_position: int = -1  # the run the last_values came from
+
+    def merged(self, other: Group) -> Group:
+        accumulators = {i: acc.copy() for i, acc in self.accumulators.items()}
+        for index, acc in other.accumulators.items():
+            if index in accumulators:
+                accumulators[index].merge(acc)
+            else:
+                accumulators[index] = acc.copy()
+        newer = other if other.last_position > self.last_position else self
+        return Group(self.layout, self.runs.union(other.runs), accumulators,
+                     dict(newer.last_values), newer.last_position)
+
+
+@dataclass
+class Tally:
+    """Runs done and failed (as positions), messages of failures, statistics by layout.
+
+    Attributes:
+        done: runs that returned an output that was recorded (averaged and/or kept).
+        failed: runs that raised, returned something unusable, or could not be stored.
+        errors: the message of the first :data:`MAX_ERRORS_KEPT` failed runs, by position.
+        crashed: runs that killed the rank running them (found by the caller after the
+            launch ended), with their message; counted as failed.
+        groups: averaged statistics, one group per output layout (empty for @parallel).
+    """
+
+    done: Positions = field(default_factory=Positions)
+    failed: Positions = field(default_factory=Positions)
+    errors: dict[int, str] = field(default_factory=dict)
+    crashed: dict[int, str] = field(default_factory=dict)
+    groups: list[Group] = field(default_factory=list)
+
+    # ------------------------------------------------------------ recording (one rank)
+    def fail(self, position: int, message: str) -> None:
+        self.failed.add(position)
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors[position] = message
+
+    def group_for(self, layout: Layout) -> Group | None:
+        """The group of ``layout``, made if there is room; None if there are too many."""
+        for group in self.groups:
+            if group.layout == layout:
+                return group
+        if len(self.groups) >= MAX_GROUPS:
+            return None
+        group = Group(layout)
+        self.groups.append(group)
+        return group
+
+    # ------------------------------------------------------------ merging
+    def merged(self, other: Tally) -> Tally:
+        """A new tally holding both; neither input changes, also when a merge fails."""
+        groups = {group.layout: group for group in self.groups}
+        for group in other.groups:
+            mine = groups.get(group.layout)
+            groups[group.layout] = mine.merged(group) if mine is not None else group.merged(Group(group.layout))
+        errors = dict(self.errors)
+        for position, message in other.errors.items():
+            if len(errors) >= MAX_ERRORS_KEPT:
+                break
+            errors.setdefault(position, message)
+        return Tally(self.done.union(other.done), self.failed.union(other.failed), errors,
+                     {**self.crashed, **other.crashed}, list(groups.values()))
+
+    # ------------------------------------------------------------ reading
+    def main_group(self) -> Group | None:
+        """The layout most runs share (ties: the one holding the smallest position)."""
+        if not self.groups:
+            return None
+        return max(self.groups, key=lambda g: (len(g.runs), -(g.runs.first() or 0)))
+
+    def resolved(self, id_at: Any = None) -> Tally:
+        """This tally with the runs of minority layouts moved from done to failed.
+
+        ``id_at`` turns a position into the run id named in messages (default: itself).
+        """
+        id_at = id_at or (lambda position: position)
+        main = self.main_group()
+        others = [g for g in self.groups if g is not main and g.runs]
+        if not others or main is None:
+            return self
+        done, failed, errors = self.done, self.failed.copy(), dict(self.errors)
+        for group in others:
+            reason = (f"returned {describe_layout(group.layout)}, but {len(main.runs)} other runs "
+                      f"returned {describe_layout(main.layout)}")
+            done = done.difference(group.runs)
+            failed = failed.union(group.runs)
+            for position in group.runs:
+                if len(errors) >= MAX_ERRORS_KEPT:
+                    break
+                errors.setdefault(position, f"run {id_at(position)!r} {reason}")
+        return Tally(done, failed, errors, dict(self.crashed), [main])
+
+    def error_of(self, position: int) -> str | None:
+        return self.crashed.get(position) or self.errors.get(position)
