@@ -143,6 +143,30 @@ def _check_value(name: str, value: Any) -> None:
     if name == "mpi" and not (isinstance(value, str) and _WORD.fullmatch(value)):
         raise OptionError(f"mpi={value!r}: must be the name of an srun MPI plugin, e.g. 'pmi2' or 'pmix' "
                           "(srun --mpi=list shows them)")
+    if name == "signal" and isinstance(value, str):
+        _check_signal(value)
+
+
+def _check_signal(value: str) -> None:
+    """Refuse ``--signal=B:...``: sbatch's ``[{R|B}:]<sig>[@<time>]`` with B signals only the
+    batch shell (the flags in any case and order: ``B:``, ``RB:``, ``br:``), which then dies.
+
+    Notes:
+        Seen on Slurm 22.05 (``scancel --batch --signal=USR1``, the same delivery): the
+        shell is killed by the signal, the step's ranks get SIGTERM, the job is FAILED.
+    """
+    flags, colon, rest = value.partition(":")
+    if not colon or "B" not in flags.upper():
+        return
+    kept = "R:" if "R" in flags.upper() else ""
+    instead = f"{kept}{rest}" if rest else "USR1@60"
+    raise OptionError(
+        f"signal={value!r}: the B: form sends the signal to the batch shell only, not to the MPI "
+        "ranks; the shell does not catch it and dies, so SLURM stops the ranks right then, before "
+        f"the time limit, and the job ends FAILED; use signal={instead!r} (the ranks save a "
+        "checkpoint when it comes and run on until the limit; the default is 'USR1@60'), "
+        "or signal=False for no warning"
+    )
 
 
 def check_slurm_options(options: Mapping[str, Any]) -> None:
@@ -153,8 +177,9 @@ def check_slurm_options(options: Mapping[str, Any]) -> None:
 
     Raises:
         OptionError: an unknown name (listing the closest valid ones), an option
-            parallelaverage sets itself, the same option under two names, or a value
-            with a newline or control character.
+            parallelaverage sets itself, the same option under two names, a value
+            with a newline or control character, or one that breaks the launch
+            (``signal="B:..."``).
         OptionTypeError: a value that is not a string, number or bool (``setup``: strings).
     """
     seen: dict[str, str] = {}

@@ -66,7 +66,7 @@ def test_options_flags_short_names_quoting_and_setup():
     options = {
         "time": "1-00:00:00", "partition": "gpu", "A": "proj42", "N": 2, "ntasks_per_node": 4,
         "c": 2, "exclusive": True, "requeue": False, "gres": "gpu:a100:2",
-        "mail_user": 'Alice "Al" <alice@example.org> #1', "signal": "B:USR1@300", "mpi": "pmix",
+        "mail_user": 'Alice "Al" <alice@example.org> #1', "signal": "USR1@300", "mpi": "pmix",
         "setup": ["module purge", "module load openmpi/4.1 # site MPI", 'source "$HOME/venv/bin/activate"'],
     }
     script = render_script(inputs(options, attempt=3, n_tasks=8,
@@ -240,6 +240,25 @@ def test_options_of_parallel_average_are_refused_by_parallel(name, value, queuin
                                           r"keep_runs/average_results are options of @parallel_average$"):
         parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, **{name: value})
     parallel_average(N_runs=2, N_tasks=1, queuing_system=queuing_system, **{name: value})
+
+
+@pytest.mark.parametrize("value, instead", [
+    ("B:USR1@300", "USR1@300"), ("b:USR1", "USR1"), ("RB:USR2@120", "R:USR2@120"), ("BR:10@90", "R:10@90"),
+    ("B:", "USR1@60"),
+])
+@pytest.mark.parametrize("queuing_system", ["local", "slurm"])
+def test_a_signal_for_the_batch_shell_only_is_refused_with_what_to_use(value, instead, queuing_system):
+    """SLURM sends B: signals to the batch shell, which dies of it (seen in tests/slurm): the
+    ranks are stopped before the time limit instead of checkpointing and running on."""
+    with pytest.raises(OptionError, match=rf"^signal={value!r}: the B: form sends the signal to the batch "
+                                          rf"shell only, not to the MPI ranks; the shell does not catch it and "
+                                          rf"dies, .*; use signal={instead!r} \(the ranks save a checkpoint"):
+        parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, signal=value)
+
+
+@pytest.mark.parametrize("value", ["USR1@300", "R:USR1@60", "10@120", "USR2", False])
+def test_signals_for_the_ranks_are_accepted(value):
+    parallel(N_runs=2, N_tasks=1, queuing_system="slurm", signal=value)
 
 
 def test_local_jobs_accept_setup_lists():

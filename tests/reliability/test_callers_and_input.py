@@ -75,6 +75,7 @@ BAD_INPUTS = textwrap.dedent("""
         ("parallel_average", dict(N_runs=4, N_tasks=2, queuing_system="auto", mem_per_cpus="1G")),
         ("parallel", dict(N_runs=4, N_tasks=2, queuing_system="local", keep_runs=True)),
         ("parallel", dict(N_runs=4, N_tasks=2, average_results="all")),
+        ("parallel_average", dict(N_runs=4, N_tasks=2, queuing_system="local", signal="B:USR1@60")),
     ]
     results = []
     for kind, options in cases:
@@ -106,6 +107,7 @@ EXPECTED = [
     "mem_per_cpus=...: not an sbatch option parallelaverage knows; did you mean mem_per_cpu",
     "keep_runs=True: @parallel keeps every output; keep_runs/average_results are options of @parallel_average",
     "average_results='all': @parallel keeps every output",
+    "signal='B:USR1@60': the B: form sends the signal to the batch shell only",
     "argument 'x' of f() cannot be stored", "argument 'x' of f() cannot be stored",
 ]
 
