@@ -261,6 +261,15 @@ def test_signals_for_the_ranks_are_accepted(value):
     parallel(N_runs=2, N_tasks=1, queuing_system="slurm", signal=value)
 
 
+@pytest.mark.parametrize("export", ["NONE", "HOME", "ALL", "ALL,OMP_NUM_THREADS=4", "NONE,FOO=1"])
+def test_srun_passes_the_script_s_environment_whatever_the_job_exports(export):
+    """With export=NONE (or a list without ALL) srun would give the ranks only what sbatch
+    exported: no PYTHONPATH. --export=ALL gives them the script's environment."""
+    script = render_script(inputs({"time": "10", "export": export}))
+    assert f"#SBATCH --export={export}\n" in script
+    assert "\nsrun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 " in script
+
+
 def test_local_jobs_accept_setup_lists():
     parallel(N_runs=2, N_tasks=1, queuing_system="local", setup=["module load x"])
     with pytest.raises(ValueError, match="newline or control character"):

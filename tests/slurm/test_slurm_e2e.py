@@ -411,3 +411,28 @@ def test_a_database_listing_asks_squeue_once(tmp_path, monkeypatch):
     monkeypatch.undo()
     for i in range(4):
         wait(doze)(5 + 0.1 * i)
+
+
+# ----------------------------------------------------------------- launches that would break
+@pytest.mark.parametrize("options", [dict(export="NONE"), dict(export="HOME"),
+                                     dict(export="NONE", launcher="mpiexec")],
+                         ids=["srun-NONE", "srun-HOME", "mpiexec-NONE"])
+def test_a_job_that_exports_nothing_still_runs(tmp_path, options):
+    """sbatch --export=NONE (or a list without ALL) gives the batch script almost no
+    environment; srun would pass the ranks only that, without the script's PYTHONPATH.
+    The script's srun passes --export=ALL; MPICH's mpiexec passes its environment itself."""
+    @parallel_average(N_runs=6, N_tasks=3, average_results=0, time="00:02:00", queuing_system="slurm",
+                      path=tmp_path, pickle_by_value=[THIS], **options)
+    def exported():
+        from mpi4py import MPI
+
+        assert MPI.COMM_WORLD.Get_size() == 3
+        return float(pa.run_id()), os.environ.get("SLURM_EXPORT_ENV")
+
+    mean, export = wait(exported)()
+    assert mean.data == 2.5 and sorted(mean.successful_run_ids) == list(range(6))
+    assert export == options["export"]  # the job really exported only that
+    script = (attempt_dir(tmp_path, "1_exported") / "job.sbatch").read_text()
+    assert f"#SBATCH --export={options['export']}\n" in script
+    assert ("srun --mpi=pmi2 --export=ALL " in script) == ("launcher" not in options)
+
