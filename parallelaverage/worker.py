@@ -25,6 +25,8 @@ import numpy as np
 from parallelaverage import _context
 from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage._jobfiles import JobFiles, OutputWriter, Progress, process_start_ticks, write_pickle
+from parallelaverage._launch_check import world_mismatch
+from parallelaverage.errors import say
 from parallelaverage.stats import WeightedSample, Welford
 
 SNAPSHOT_INTERVAL_S = float(os.environ.get("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "2.0"))
@@ -228,6 +230,11 @@ def main(argv: list[str]) -> int:
 
     comm = MPI.COMM_WORLD
     files, attempt = JobFiles(argv[0]), int(argv[1])
+    mismatch = world_mismatch(comm.Get_size(), os.environ, MPI.Get_library_version())
+    if mismatch is not None:  # alone in its world, this process would run every run: none at all
+        atomic_write_bytes(files.attempt_dir(attempt) / f"fatal-r{comm.Get_rank()}.txt", mismatch.encode())
+        say(mismatch, file=sys.stderr)
+        return 1
     try:
         progress = execute(files, attempt, comm)
     except Exception:
