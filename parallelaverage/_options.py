@@ -1,7 +1,9 @@
 """The decorator's options: ours are validated here, the rest go to the queuing system.
 
 Validation happens at decoration time, on the submitting machine, with errors that
-name the fix (never ``assert``: those vanish under ``python -O``).
+name the fix (never ``assert``: those vanish under ``python -O``). Queue options are
+checked against SLURM's option names whatever the queuing system: the local backend
+ignores them, but a typo found on a laptop does not wait for the cluster to fail.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from parallelaverage.backends.slurm_options import check_slurm_options
+from parallelaverage.errors import OptionError
 from parallelaverage.runspace import RunSpace
 
 __all__ = ["JobOptions", "parse_options"]
 
 QUEUING_SYSTEMS = ("auto", "local", "slurm")
 ENCODINGS = ("pickle", "json")
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+AVERAGE_ONLY = ("keep_runs", "average_results")
+"""Options of ``@parallel_average`` that ``@parallel`` (which keeps every output) refuses."""
 
 
 @dataclass(frozen=True)
@@ -99,24 +104,18 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_queue_value(name: str, value: Any) -> None:
-    """Queue options are scalars without control characters (they become script lines)."""
-    if not isinstance(value, (str, int, float)):
-        raise TypeError(f"{name}={value!r}: queue options must be strings or numbers")
-    text = str(value)
-    if any(c in _CONTROL for c in text):
-        raise ValueError(
-            f"{name}={text!r}: contains a newline or control character, which would inject "
-            "lines into the job script; pass a single-line value"
-        )
-
-
 def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
                   options: Mapping[str, Any]) -> JobOptions:
     """Validate the decorator's arguments; unknown keywords are queue options.
 
+    Args:
+        average: None for ``@parallel`` (keep every output), else ``average_results``.
+        options: the other keywords: parallelaverage's own, then queue options.
+
     Raises:
-        TypeError, ValueError: with the option's name, the bad value and the fix.
+        TypeError, ValueError: with the option's name, the bad value and the fix
+            (:class:`OptionError`, :class:`OptionTypeError` for queue options and for
+            ``@parallel_average``'s options given to ``@parallel``).
     """
     space = RunSpace(N_runs)
     n_runs, total = space.option, space.total
@@ -125,6 +124,11 @@ def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
     if not 1 <= N_tasks <= total:
         raise ValueError(f"N_tasks={N_tasks}: must be between 1 and the number of runs ({total})")
     options = dict(options)
+    if average is None:
+        for name in AVERAGE_ONLY:
+            if name in options:
+                raise OptionError(f"{name}={options[name]!r}: @parallel keeps every output; "
+                                  "keep_runs/average_results are options of @parallel_average")
     dynamic = _check_bool("dynamic_load_balancing", options.pop("dynamic_load_balancing", True))
     encoding = options.pop("encoding", "pickle")
     if encoding not in ENCODINGS:
@@ -153,13 +157,7 @@ def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
     for module in by_value:
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"pickle_by_value: {module!r} is not a module; pass imported modules")
-    for name, value in options.items():
-        for item in value if isinstance(value, (list, tuple)) else (value,):  # setup=[lines]
-            check_queue_value(name, item)
-    if resolve_queuing_system(queuing_system) == "slurm":
-        from parallelaverage.backends.slurm_options import check_slurm_options
-
-        check_slurm_options(options)
+    check_slurm_options(options)  # also for local jobs: the same code may run on a cluster later
     return JobOptions(
         N_runs=n_runs, N_tasks=N_tasks, average=None if average is None else _check_average(average),
         keep_runs=_check_bool("keep_runs", keep_runs), dynamic_load_balancing=dynamic,

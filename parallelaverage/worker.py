@@ -44,6 +44,9 @@ from parallelaverage._tally import Tally, describe_layout, layout_of
 from parallelaverage._trust import load_pickle, write_pickle
 from parallelaverage.runspace import Positions, RunSpace
 from parallelaverage.stats import Welford
+from parallelaverage._atomic import atomic_write_bytes
+from parallelaverage._launch_check import world_mismatch
+from parallelaverage.errors import say
 
 __all__ = ["main", "SnapshotClock", "SNAPSHOT_MIN_INTERVAL_S", "SNAPSHOT_MAX_INTERVAL_S"]
 
@@ -345,6 +348,11 @@ def main(argv: list[str]) -> int:
 
     comm = MPI.COMM_WORLD
     files, attempt = JobFiles(argv[0]), int(argv[1])
+    mismatch = world_mismatch(comm.Get_size(), os.environ, MPI.Get_library_version())
+    if mismatch is not None:  # alone in its world, this process would run every run: none at all
+        atomic_write_bytes(files.fatal(attempt, comm.Get_rank()), mismatch.encode())
+        say(mismatch, file=sys.stderr)
+        return 1
     rank = comm.Get_rank()
     status = RankStatus(files.rank_status(attempt, rank))
     status.catch_crashes()

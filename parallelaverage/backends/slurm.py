@@ -3,9 +3,9 @@
 A launch renders a job script from a template (the built-in :data:`DEFAULT_TEMPLATE`
 or the user's ``~/.config/parallelaverage/slurm.sbatch``), writes it to
 ``attempts/<k>/job.sbatch`` and submits it with ``sbatch --parsable``. The script runs
-``srun --mpi=pmi2 --kill-on-bad-exit=1 <python> -P -m parallelaverage.worker JOBDIR K``
-(or ``mpiexec``), then writes the launcher's exit status to ``attempts/<k>/exit_code``
-and exits with it.
+``srun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 <python> -P -m parallelaverage.worker
+JOBDIR K`` (or ``mpiexec``), then writes the launcher's exit status to
+``attempts/<k>/exit_code`` and exits with it.
 
 A launch has ended when its ``exit_code`` file exists, when ``squeue`` shows a terminal
 state (cached in ``attempts/<k>/slurm_state``, so it is asked once), or when the
@@ -230,7 +230,11 @@ class ScriptInputs:
             args = " ".join(shlex.quote(a) for a in self.mpiexec_args)
             return f'{shlex.quote(self.mpiexec)} -n "$SLURM_NTASKS" {args + " " if args else ""}{self.worker_command()}'
         mpi = check_line("mpi", str(self.options.get("mpi", "pmi2")))
-        srun = ["srun", f"--mpi={mpi}", "--kill-on-bad-exit=1"]
+        # --export=ALL: the ranks get the script's environment (its PYTHONPATH, the setup
+        # lines' exports) even when the job has export=NONE or a list: srun would
+        # otherwise pass on only what sbatch exported (SLURM_EXPORT_ENV). mpiexec needs
+        # nothing: MPICH's and Open MPI's pass their own environment to the ranks.
+        srun = ["srun", f"--mpi={mpi}", "--export=ALL", "--kill-on-bad-exit=1"]
         # since Slurm 22.05 srun no longer inherits the job's --cpus-per-task
         cpus = self.options.get("cpus_per_task", self.options.get("c"))
         if cpus not in (None, False, True):

@@ -16,6 +16,8 @@ import difflib
 import re
 from typing import Any, Mapping
 
+from parallelaverage.errors import OptionError, OptionTypeError
+
 __all__ = [
     "SBATCH_OPTIONS", "SHORT_OPTIONS", "OURS", "OURS_SHORT", "REFUSED", "BACKEND_OPTIONS", "LAUNCHERS",
     "check_slurm_options", "check_line",
@@ -86,10 +88,10 @@ def check_line(name: str, text: str) -> str:
     """``text`` if it is one line without control characters (it goes into the job script).
 
     Raises:
-        ValueError: a newline or other control character, which would inject script lines.
+        OptionError: a newline or other control character, which would inject script lines.
     """
     if _CONTROL.search(text):
-        raise ValueError(
+        raise OptionError(
             f"{name}={text!r}: contains a newline or control character, which would inject "
             "lines into the job script; pass a single-line value"
         )
@@ -107,18 +109,18 @@ def _check_name(name: str) -> str:
     """The long sbatch option ``name`` stands for (itself for backend options)."""
     ours = OURS_SHORT.get(name, name)
     if ours in OURS:
-        raise ValueError(
+        raise OptionError(
             f"{name}=...: parallelaverage sets --{ours.replace('_', '-')} itself ({OURS[ours]}); remove it"
         )
     if name in REFUSED:
-        raise ValueError(f"{name}=...: not supported: {REFUSED[name]}")
+        raise OptionError(f"{name}=...: not supported: {REFUSED[name]}")
     if name in SBATCH_OPTIONS or name in BACKEND_OPTIONS:
         return name
     if name in SHORT_OPTIONS:
         return SHORT_OPTIONS[name]
     closest = _closest(name)
     hint = f"; did you mean {' or '.join(closest)}?" if closest else ""
-    raise ValueError(
+    raise OptionError(
         f"{name}=...: not an sbatch option parallelaverage knows{hint} "
         "(sbatch options are spelled with _ for -, e.g. mem_per_cpu='2G'; "
         "see parallelaverage.backends.slurm_options.SBATCH_OPTIONS)"
@@ -129,18 +131,42 @@ def _check_value(name: str, value: Any) -> None:
     if name == "setup":
         lines = [value] if isinstance(value, str) else value
         if not isinstance(lines, (list, tuple)) or not all(isinstance(line, str) for line in lines):
-            raise TypeError(f"setup={value!r}: must be a shell line or a list of shell lines (strings)")
+            raise OptionTypeError(f"setup={value!r}: must be a shell line or a list of shell lines (strings)")
         for line in lines:
             check_line("setup", line)
         return
     if not isinstance(value, (str, int, float)):  # bool is an int: True is a bare flag
-        raise TypeError(f"{name}={value!r}: SLURM options must be strings, numbers or True/False")
+        raise OptionTypeError(f"{name}={value!r}: SLURM options must be strings, numbers or True/False")
     check_line(name, str(value))
     if name == "launcher" and value not in LAUNCHERS:
-        raise ValueError(f"launcher={value!r}: must be one of {', '.join(map(repr, LAUNCHERS))}")
+        raise OptionError(f"launcher={value!r}: must be one of {', '.join(map(repr, LAUNCHERS))}")
     if name == "mpi" and not (isinstance(value, str) and _WORD.fullmatch(value)):
-        raise ValueError(f"mpi={value!r}: must be the name of an srun MPI plugin, e.g. 'pmi2' or 'pmix' "
-                         "(srun --mpi=list shows them)")
+        raise OptionError(f"mpi={value!r}: must be the name of an srun MPI plugin, e.g. 'pmi2' or 'pmix' "
+                          "(srun --mpi=list shows them)")
+    if name == "signal" and isinstance(value, str):
+        _check_signal(value)
+
+
+def _check_signal(value: str) -> None:
+    """Refuse ``--signal=B:...``: sbatch's ``[{R|B}:]<sig>[@<time>]`` with B signals only the
+    batch shell (the flags in any case and order: ``B:``, ``RB:``, ``br:``), which then dies.
+
+    Notes:
+        Seen on Slurm 22.05 (``scancel --batch --signal=USR1``, the same delivery): the
+        shell is killed by the signal, the step's ranks get SIGTERM, the job is FAILED.
+    """
+    flags, colon, rest = value.partition(":")
+    if not colon or "B" not in flags.upper():
+        return
+    kept = "R:" if "R" in flags.upper() else ""
+    instead = f"{kept}{rest}" if rest else "USR1@60"
+    raise OptionError(
+        f"signal={value!r}: the B: form sends the signal to the batch shell only, not to the MPI "
+        "ranks; the shell does not catch it and dies, so SLURM stops the ranks right then, before "
+        f"the time limit, and the job ends FAILED; use signal={instead!r} (the ranks save a "
+        "checkpoint when it comes and run on until the limit; the default is 'USR1@60'), "
+        "or signal=False for no warning"
+    )
 
 
 def check_slurm_options(options: Mapping[str, Any]) -> None:
@@ -150,18 +176,19 @@ def check_slurm_options(options: Mapping[str, Any]) -> None:
         options: the decorator's keywords that are not parallelaverage's own.
 
     Raises:
-        ValueError: an unknown name (listing the closest valid ones), an option
-            parallelaverage sets itself, the same option under two names, or a value
-            with a newline or control character.
-        TypeError: a value that is not a string, number or bool (``setup``: strings).
+        OptionError: an unknown name (listing the closest valid ones), an option
+            parallelaverage sets itself, the same option under two names, a value
+            with a newline or control character, or one that breaks the launch
+            (``signal="B:..."``).
+        OptionTypeError: a value that is not a string, number or bool (``setup``: strings).
     """
     seen: dict[str, str] = {}
     for name, value in options.items():
         long_name = _check_name(name)
         if long_name in seen:
-            raise ValueError(f"{seen[long_name]}=... and {name}=... are the same sbatch option "
+            raise OptionError(f"{seen[long_name]}=... and {name}=... are the same sbatch option "
                              f"(--{long_name.replace('_', '-')}); pass only one")
         seen[long_name] = name
         _check_value(name, value)
     if "mpi" in options and options.get("launcher", "srun") != "srun":
-        raise ValueError("mpi=...: chooses srun's MPI plugin, so it needs launcher='srun'")
+        raise OptionError("mpi=...: chooses srun's MPI plugin, so it needs launcher='srun'")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shlex
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from parallelaverage import parallel, parallel_average
 from parallelaverage._jobdir import JobFiles
+from parallelaverage.errors import OptionError, OptionTypeError
 from parallelaverage.backends.base import worker_argv
 from parallelaverage.backends.slurm import (
     DEFAULT_TEMPLATE, PLACEHOLDERS, ScriptInputs, SlurmBackend, load_template, render_script, template_path,
@@ -66,7 +66,7 @@ def test_options_flags_short_names_quoting_and_setup():
     options = {
         "time": "1-00:00:00", "partition": "gpu", "A": "proj42", "N": 2, "ntasks_per_node": 4,
         "c": 2, "exclusive": True, "requeue": False, "gres": "gpu:a100:2",
-        "mail_user": 'Alice "Al" <alice@example.org> #1', "signal": "B:USR1@300", "mpi": "pmix",
+        "mail_user": 'Alice "Al" <alice@example.org> #1', "signal": "USR1@300", "mpi": "pmix",
         "setup": ["module purge", "module load openmpi/4.1 # site MPI", 'source "$HOME/venv/bin/activate"'],
     }
     script = render_script(inputs(options, attempt=3, n_tasks=8,
@@ -210,18 +210,64 @@ def test_every_accepted_name_renders_and_the_tables_do_not_overlap():
         assert f"#SBATCH {flag}\n" in render_script(inputs({name: "1"}))
 
 
-def test_auto_checks_slurm_options_only_where_sbatch_is(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sbatch_on_path", [False, True], ids=["laptop", "cluster"])
+def test_option_names_are_checked_whatever_the_queuing_system(tmp_path, monkeypatch, sbatch_on_path):
+    """A typo fails on a laptop as on the cluster; valid SLURM options are accepted (and the
+    local backend ignores them)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
-    parallel(N_runs=2, N_tasks=1, tme="1")  # no sbatch: local, queue options are not SLURM's business
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text("#!/bin/sh\nexit 1\n")
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IXUSR)
-    with pytest.raises(ValueError, match="did you mean time"):
-        parallel(N_runs=2, N_tasks=1, tme="1")
-    parallel(N_runs=2, N_tasks=1, queuing_system="local", tme="1")
+    if sbatch_on_path:
+        fake_command(bin_dir, "sbatch", "exit 1\n")
+    for queuing_system in ("auto", "local"):
+        with pytest.raises(OptionError, match=r"^tme=\.\.\.: not an sbatch option parallelaverage knows; "
+                                              r"did you mean time\b"):
+            parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, tme="1")
+        with pytest.raises(OptionError, match=r"^output=\.\.\.: parallelaverage sets --output itself"):
+            parallel_average(N_runs=2, N_tasks=1, queuing_system=queuing_system, output="x")
+        with pytest.raises(OptionTypeError, match=r"^mem=\{'G': 1\}: SLURM options must be"):
+            parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, mem={"G": 1})
+        parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, time="00:10:00", mem="1G",
+                 partition="debug", exclusive=True, requeue=False, setup=["module load x"])
+
+
+@pytest.mark.parametrize("name, value", [("keep_runs", True), ("keep_runs", False), ("average_results", "all"),
+                                         ("average_results", 0)])
+@pytest.mark.parametrize("queuing_system", ["local", "slurm"])
+def test_options_of_parallel_average_are_refused_by_parallel(name, value, queuing_system):
+    with pytest.raises(OptionError, match=rf"^{name}={value!r}: @parallel keeps every output; "
+                                          r"keep_runs/average_results are options of @parallel_average$"):
+        parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, **{name: value})
+    parallel_average(N_runs=2, N_tasks=1, queuing_system=queuing_system, **{name: value})
+
+
+@pytest.mark.parametrize("value, instead", [
+    ("B:USR1@300", "USR1@300"), ("b:USR1", "USR1"), ("RB:USR2@120", "R:USR2@120"), ("BR:10@90", "R:10@90"),
+    ("B:", "USR1@60"),
+])
+@pytest.mark.parametrize("queuing_system", ["local", "slurm"])
+def test_a_signal_for_the_batch_shell_only_is_refused_with_what_to_use(value, instead, queuing_system):
+    """SLURM sends B: signals to the batch shell, which dies of it (seen in tests/slurm): the
+    ranks are stopped before the time limit instead of checkpointing and running on."""
+    with pytest.raises(OptionError, match=rf"^signal={value!r}: the B: form sends the signal to the batch "
+                                          rf"shell only, not to the MPI ranks; the shell does not catch it and "
+                                          rf"dies, .*; use signal={instead!r} \(the ranks save a checkpoint"):
+        parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, signal=value)
+
+
+@pytest.mark.parametrize("value", ["USR1@300", "R:USR1@60", "10@120", "USR2", False])
+def test_signals_for_the_ranks_are_accepted(value):
+    parallel(N_runs=2, N_tasks=1, queuing_system="slurm", signal=value)
+
+
+@pytest.mark.parametrize("export", ["NONE", "HOME", "ALL", "ALL,OMP_NUM_THREADS=4", "NONE,FOO=1"])
+def test_srun_passes_the_script_s_environment_whatever_the_job_exports(export):
+    """With export=NONE (or a list without ALL) srun would give the ranks only what sbatch
+    exported: no PYTHONPATH. --export=ALL gives them the script's environment."""
+    script = render_script(inputs({"time": "10", "export": export}))
+    assert f"#SBATCH --export={export}\n" in script
+    assert "\nsrun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 " in script
 
 
 def test_local_jobs_accept_setup_lists():

