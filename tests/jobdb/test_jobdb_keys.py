@@ -252,3 +252,40 @@ def test_code_hash_does_not_depend_on_the_hash_seed():
 def test_code_hash_of_other_callables():
     assert code_hash(functools.partial(simulate, T=1.0)) == code_hash(simulate)
     assert len(code_hash(max)) == 64
+
+
+# ------------------------------------------------------------- pinned digests
+
+# Digests computed by the key scheme of KEY_VERSION 1 before numpy numbers, closures
+# and methods joined the key: existing databases must keep finding these jobs.
+PINNED_DIGESTS = [
+    ("int", ((64,), {}, 10, "all"), "22b177b4c00d7039511c1e1ce8b2726ed5ec93fa75416faad3bfbbf88eeda050"),
+    ("int_float_kw", ((64, 2.5), {"seed": 3}, 10, "all"),
+     "5b89fade54c06a09350cefdfe8b2e003bc8b57b967f14a4e3ba461da4dadc5af"),
+    ("big_negative_int", ((-(2**70),), {"T": float("nan")}, 1, "all"),
+     "43eb259b3ad566e46cddfb2c72c8331ecec72f716213ee5f6e7da11149e85dec"),
+    ("str_and_neg_zero", (("abc",), {"T": -0.0}, 5, "keep"),
+     "f41201022c62e907ae472ce4e69bd833cfad27cb0aa7a2b6ace6ad91c0316e7a"),
+    ("float_array", ((np.arange(5.0),), {}, 3, "all"),
+     "f99f2710515e985fa1ab827917fe5a10b1c833e3970d6b29f97271bc915e828d"),
+    ("f32_2d_strided", ((np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2],), {}, (2, 3), [0, 2]),
+     "bc60f890f3ce813ec2545aa509e065300a867001a1d30d29b89c8e7671f9ff16"),
+    ("containers", (([1, 2.5, "x", (3, None, True)],), {"T": {"a": 1, "b": {2, 3}}}, 7, "all"),
+     "78c7453c7b113e2537dcda107a86babc19fd31e84cb1375e4b1198b351223dd9"),
+    ("int_array_kw", ((), {"L": np.arange(10, dtype=np.int32), "seed": None}, 100, "all"),
+     "f47eafaf854c19eccda7e918067bda097dfffa191845ddb2a30a570f55b49206"),
+    ("complex", ((1 + 2j,), {}, 10, "all"), "36136d6cb35e19c16f6d586124a9b7794d0b2dc46bb15a67fb9d640ca96f4d5e"),
+    ("large_array", ((np.linspace(0, 1, 10**6),), {}, 10, "all"),
+     "38eed73c29134d8d026d4cbd99cd9987ba212fad362bfce2e56b86370b1ef9a9"),
+    ("bool_fortran", ((np.asfortranarray(np.eye(3, dtype=bool)),), {}, 10, "all"),
+     "e38fc71015c6b4932ac6d891b0d2974d4a761a21eaf5b62c13036fbcd6f67aa8"),
+]
+
+
+@pytest.mark.parametrize("call, digest", [case[1:] for case in PINNED_DIGESTS], ids=[case[0] for case in PINNED_DIGESTS])
+def test_digests_of_plain_calls_never_change(call, digest):
+    args, kwargs, n_runs, average = call
+    assert call_key(simulate, args, kwargs, N_runs=n_runs, average_results=average).digest == digest, (
+        "the key of a plain call changed: existing job databases would no longer find their jobs. "
+        "Keep the digests of plain int/float/str/array calls, or bump KEY_VERSION on purpose"
+    )
