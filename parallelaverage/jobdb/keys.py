@@ -17,20 +17,30 @@ value (exact type)          token
 ``None``, ``bool``          ``["none"]``, ``["bool", true]``
 ``int``                     ``["int", "<decimal digits>"]``
 ``float``                   ``["float", repr(x)]`` (exact; ``nan``, ``-0.0`` kept)
+``complex``                 by its pickle (below), which holds its two floats
 ``str``                     ``["str", s]``
 ``bytes``, ``bytearray``    ``["bytes", sha256]``, ``["bytearray", sha256]``
 ``list``, ``tuple``         ``["list", [tokens]]``, ``["tuple", [tokens]]``
 ``dict``                    ``["dict", [[key, value] ...]]``, sorted by key token
 ``set``, ``frozenset``      ``["set", [tokens]]``, sorted
 ``numpy.ndarray``           ``["ndarray", dtype, shape, sha256 of C-order bytes]``
-numpy scalar                ``["npscalar", dtype, hex of its bytes]``
+                            (hashed in place when C-contiguous: no copy)
+numpy ``bool_``, integer,   the token of the equal Python ``bool``, ``int``,
+floating, complex scalar    ``float`` or ``complex``
+other numpy scalar          ``["npscalar", dtype, hex of its bytes]`` (also a
+                            ``longdouble`` that a float cannot hold exactly)
 anything else               ``["pickle", type name, sha256 of cloudpickle]``
 ==========================  ==================================================
 
 Consequences, chosen to be deterministic rather than clever:
 
-* types are part of the key: ``1``, ``1.0``, ``True`` and ``numpy.int64(1)`` are
-  four different calls, and so are ``(1, 2)`` and ``[1, 2]``;
+* numbers that compare equal and are of the same kind are one call:
+  ``numpy.int64(64)`` is ``64``, ``numpy.float32(0.5)`` is ``0.5`` and
+  ``numpy.bool_(True)`` is ``True``, so a value read from an array finds the job
+  of the literal;
+* the kind stays part of the key: ``1``, ``1.0``, ``True`` and ``1+0j`` are four
+  different calls, because a function may branch on it (``range(L)`` accepts
+  ``64`` but not ``64.0``); ``(1, 2)`` and ``[1, 2]`` differ too;
 * only exact built-in types take the table's rows; subclasses (``IntEnum``,
   named tuples, ``OrderedDict``, ``numpy.matrix``, object arrays) are keyed by
   their pickle, which records their type;
@@ -41,8 +51,9 @@ Consequences, chosen to be deterministic rather than clever:
   differently in another process (use plain data for such arguments);
 * ``cloudpickle`` pickles with the fixed protocol :data:`PICKLE_PROTOCOL`.
 
-An argument that cannot be pickled raises a :class:`TypeError` naming it before
-anything is written to disk.
+An argument that cannot be pickled, or is nested deeper than Python can recurse,
+raises an :class:`~parallelaverage.errors.ArgumentError` (a :class:`TypeError`)
+naming it before anything is written to disk.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import inspect
 import json
 import re
 import reprlib
+import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +72,8 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
+
+from parallelaverage.errors import ArgumentError
 
 __all__ = ["CallKey", "call_key", "code_hash", "describe_call", "describe_value", "safe_name", "KEY_VERSION", "PICKLE_PROTOCOL"]
 
@@ -165,9 +179,10 @@ def call_key(
         The call's :class:`CallKey`.
 
     Raises:
+        ArgumentError: An argument (or a non-function callable) cannot be pickled
+            or is nested too deeply; the message names it. A :class:`TypeError`.
         TypeError: The arguments do not fit ``func``'s signature, the signature
-            cannot be read, an argument (or a non-function callable) cannot be
-            pickled, or ``N_runs``/``average_results`` have the wrong type.
+            cannot be read, or ``N_runs``/``average_results`` have the wrong type.
         ValueError: ``N_runs`` is less than 1.
     """
     kwargs = {} if kwargs is None else dict(kwargs)
@@ -190,7 +205,7 @@ def call_key(
     reprs: list[tuple[str, str]] = []
     if not isinstance(func, types.FunctionType):
         # A method's instance or a partial's frozen arguments change what runs.
-        tokens["<callable>"] = _token(func, lambda: f"the callable {function}")
+        tokens["<callable>"] = _checked_token(func, lambda: f"the callable {function}")
     for name, value in bound.arguments.items():
         kind = signature.parameters[name].kind
         if kind is inspect.Parameter.VAR_POSITIONAL:
@@ -199,7 +214,7 @@ def call_key(
             label = f"**{name}"
         else:
             label = name
-        tokens[label] = _token(value, functools.partial("argument {!r} of {}()".format, name, short))
+        tokens[label] = _checked_token(value, functools.partial("argument {!r} of {}()".format, name, short))
         if label == name or value:  # an empty *args or **kwargs says nothing to a reader
             reprs.append((label, describe_value(value)))
 
@@ -341,6 +356,19 @@ def _dtype_descr(dtype: np.dtype) -> Any:
     return dtype.str if dtype.fields is None else json.loads(json.dumps(dtype.descr))
 
 
+def _checked_token(value: Any, who: Callable[[], str]) -> Any:
+    """:func:`_token`, with a value nested deeper than Python can recurse named as
+    any other value that cannot be stored."""
+    try:
+        return _token(value, who)
+    except RecursionError:
+        pass  # raised below, after the stack has unwound
+    raise ArgumentError(
+        f"{who()} cannot be stored: nested too deeply (deeper than Python's recursion limit, "
+        f"sys.getrecursionlimit()={sys.getrecursionlimit()}); pass flatter data, e.g. a numpy array"
+    )
+
+
 def _token(value: Any, who: Callable[[], str], _active: frozenset[int] = frozenset()) -> Any:
     """The canonical token of ``value`` (see the module docstring).
 
@@ -350,7 +378,8 @@ def _token(value: Any, who: Callable[[], str], _active: frozenset[int] = frozens
         _active: ids of the containers being tokenised, to catch cycles.
 
     Raises:
-        TypeError: ``value`` (or an element) cannot be pickled.
+        ArgumentError: ``value`` (or an element) cannot be pickled.
+        RecursionError: ``value`` is nested too deeply (see :func:`_checked_token`).
     """
     kind = type(value)
     if value is None:
@@ -366,8 +395,11 @@ def _token(value: Any, who: Callable[[], str], _active: frozenset[int] = frozens
     if kind is bytes or kind is bytearray:
         return [kind.__name__, _sha256(value)]
     if kind is np.ndarray and not value.dtype.hasobject:
-        return ["ndarray", _dtype_descr(value.dtype), list(value.shape), _sha256(value.tobytes(order="C"))]
+        return ["ndarray", _dtype_descr(value.dtype), list(value.shape), _array_digest(value)]
     if isinstance(value, np.generic):
+        number = _python_number(value)
+        if number is not None:
+            return _token(number, who)
         as_array = np.asarray(value)
         if not as_array.dtype.hasobject:
             return ["npscalar", _dtype_descr(as_array.dtype), as_array.tobytes().hex()]
@@ -382,12 +414,45 @@ def _token(value: Any, who: Callable[[], str], _active: frozenset[int] = frozens
     # Everything else, and self-containing containers, by their pickle.
     try:
         pickled = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    except RecursionError:
+        raise  # nested too deeply: named by the caller, once the stack has unwound
     except Exception as exc:
-        raise TypeError(
+        raise ArgumentError(
             f"{who()} cannot be stored: {exc}; pass something picklable "
             "(numbers, strings, lists, dicts, numpy arrays or objects that pickle)"
         ) from exc
     return ["pickle", f"{kind.__module__}.{kind.__qualname__}", _sha256(pickled)]
+
+
+def _python_number(value: np.generic) -> bool | int | float | complex | None:
+    """The Python number equal to a numpy ``bool_``, integer, floating or complex scalar,
+    or None when there is none (other kinds; a ``longdouble`` a float cannot hold)."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        number = float(value)
+        return number if _same_float(number, value) else None
+    if isinstance(value, np.complexfloating):
+        pair = complex(value)
+        exact = _same_float(pair.real, value.real) and _same_float(pair.imag, value.imag)
+        return pair if exact else None
+    return None
+
+
+def _same_float(number: float, value: Any) -> bool:
+    """Whether the Python float ``number`` holds ``value`` exactly (NaN holds NaN)."""
+    return bool(number == value) or (number != number and bool(value != value))
+
+
+def _array_digest(array: np.ndarray) -> str:
+    """SHA-256 of an array's C-order bytes, read in place when it is C-contiguous."""
+    contiguous = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    try:
+        return _sha256(contiguous.reshape(-1).view(np.uint8).data)
+    except ValueError:  # a dtype without bytes to view (itemsize 0)
+        return _sha256(contiguous.tobytes())
 
 
 def code_hash(func: Callable[..., Any]) -> str:

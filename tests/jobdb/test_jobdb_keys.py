@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jobdb_helpers import run_python, simulate
 
+from parallelaverage.errors import ArgumentError
 from parallelaverage.jobdb import call_key, code_hash
 
 
@@ -40,8 +41,9 @@ def test_a_different_argument_or_run_option_is_another_call():
     assert key(64, N_runs=(2, 5)) != reference
 
 
-def test_types_are_part_of_the_key_deterministically():
-    keys = [key(1), key(1.0), key(True), key(np.int64(1)), key(np.float64(1.0))]
+def test_kinds_of_numbers_and_containers_are_part_of_the_key():
+    # int, float and bool are three kinds: a function may branch on type (range(L))
+    keys = [key(1), key(1.0), key(True), key(1 + 0j)]
     assert len({k.digest for k in keys}) == len(keys)
     assert key((1, 2)) != key([1, 2])
     assert key(float("nan")) == key(float("nan"))
@@ -84,10 +86,47 @@ def test_arrays_by_content_dtype_and_shape():
     assert key(np.array([{"a": 1}, None], dtype=object)) == key(np.array([{"a": 1}, None], dtype=object))
 
 
-def test_numpy_scalars_by_dtype_and_value():
-    assert key(np.float32(0.5)) == key(np.float32(0.5))
-    assert key(np.float32(0.5)) != key(np.float64(0.5))
-    assert key(np.int8(3)) != key(np.int16(3))
+def test_numpy_numbers_are_the_python_number_of_their_kind():
+    assert key(np.int64(64)) == key(64) == key(np.uint8(64)) == key(np.int16(64))
+    assert key(np.float64(0.5)) == key(0.5) == key(np.float32(0.5)) == key(np.float16(0.5))
+    assert key(np.bool_(True)) == key(True) and key(np.bool_(False)) == key(False)
+    assert key(np.complex128(1 + 2j)) == key(1 + 2j) == key(np.complex64(1 + 2j))
+    assert key(np.float32(0.1)) == key(float(np.float32(0.1))) != key(0.1)  # the float32 nearest 0.1
+    assert key(np.float32("nan")) == key(float("nan")) and key(np.float64(-0.0)) == key(-0.0) != key(0.0)
+    assert key(np.float64(64.0)) != key(64) and key(np.int64(1)) != key(True)
+    # inside containers too
+    assert key([np.int32(3), {"T": np.float64(2.5)}]) == key([3, {"T": 2.5}])
+
+
+def test_a_longdouble_a_float_cannot_hold_keeps_its_own_token():
+    third = np.longdouble(1) / 3
+    assert key(np.longdouble(0.5)) == key(0.5)
+    if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant:  # x86: 80-bit long double
+        assert key(third) != key(float(third))
+        assert key(third) == key(np.longdouble(1) / 3)
+        assert key(np.clongdouble(third)) != key(complex(third))
+
+
+@settings(database=None)
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_every_int64_is_the_int(n):
+    assert key(np.int64(n)) == key(n)
+
+
+@settings(database=None)
+@given(st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]),
+       st.integers(min_value=-(2**63), max_value=2**64 - 1))
+def test_every_integer_dtype_keys_as_the_int_it_holds(dtype, n):
+    info = np.iinfo(dtype)
+    if info.min <= n <= info.max:
+        assert key(dtype(n)) == key(n)
+
+
+@settings(database=None)
+@given(st.floats(width=16), st.floats(width=32))
+def test_small_floats_key_as_the_python_float_they_equal(x16, x32):
+    assert key(np.float16(x16)) == key(x16)
+    assert key(np.float32(x32)) == key(x32) == key(np.float64(x32))
 
 
 @pytest.mark.parametrize(
@@ -107,6 +146,40 @@ def test_unpicklable_argument_names_the_argument(bad, reason):
 def test_unpicklable_element_inside_a_container_names_the_argument():
     with pytest.raises(TypeError, match="argument 'T' of simulate"):
         key(64, T={"options": [1, threading.Lock()]})
+
+
+def test_a_deeply_nested_argument_is_named_like_any_that_cannot_be_stored():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ArgumentError, match=r"argument 'T' of simulate\(\) cannot be stored: nested too deeply"):
+        key(64, T=deep)
+    nested_dict: dict = {}
+    for _ in range(100_000):
+        nested_dict = {"a": nested_dict}
+    with pytest.raises(TypeError, match="argument 'seed' of simulate.* nested too deeply"):
+        key(64, seed=nested_dict)
+    assert key(64, T=[[[[1]]]]) == key(64, T=[[[[1]]]])  # ordinary nesting is fine
+
+
+def test_arrays_are_hashed_in_place_with_the_bytes_of_tobytes():
+    import hashlib
+    import tracemalloc
+
+    from parallelaverage.jobdb.keys import _array_digest
+
+    big = np.arange(1_000_000, dtype=np.float64)  # 8 MB
+    tracemalloc.start()  # numpy reports its data buffers to tracemalloc
+    try:
+        digest = _array_digest(big)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 100_000, f"hashing an 8 MB array allocated {peak_bytes} bytes: a copy"
+    assert digest == hashlib.sha256(big.tobytes()).hexdigest()
+    for array in (big[::3], np.asfortranarray(big[:12].reshape(3, 4)), np.zeros((0, 3)), np.array(1.5),
+                  np.arange(6, dtype=">i4"), np.zeros(3, dtype=[("a", "<f8"), ("b", "i1")])):
+        assert _array_digest(array) == hashlib.sha256(array.tobytes(order="C")).hexdigest()
 
 
 def test_self_referencing_list_is_keyed_by_pickle():
