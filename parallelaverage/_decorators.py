@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,9 +19,9 @@ import cloudpickle
 from parallelaverage import _jobs
 from parallelaverage._jobfiles import JobFiles
 from parallelaverage._job import Job, say
-from parallelaverage.errors import NoJobError
+from parallelaverage.errors import CodeChangedWarning, NoJobError, warn
 from parallelaverage._options import JobOptions, parse_options, run_ids
-from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_hash, new_record
+from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_changes, code_fingerprint, code_hash, new_record
 
 __all__ = [
     "parallel", "parallel_average", "do_submit", "dont_submit", "re_submit", "cancel_job",
@@ -84,7 +83,8 @@ class ParallelFunction:
         recorded = {**options.recorded(), "average": options.average, "seed": seed}
 
         def make_record(name: str) -> JobRecord:
-            return new_record(key, name, code_hash=code_hash(self._function), options=recorded,
+            return new_record(key, name, code_hash=code_hash(self._function),
+                              code_parts=code_fingerprint(self._function), options=recorded,
                               status="submitted", queue=backend.name)
 
         if force:
@@ -135,12 +135,11 @@ class ParallelFunction:
                                      "call again to submit it anew")
         else:
             record = self._existing(db, key, action)
-        if record.code_hash != code_hash(self._function):
-            warnings.warn(
-                f"{PREFIX} the code of {self._function.__qualname__} changed since job {record.job_name} "
-                "was submitted; returning the stored result. Use @do_submit to run the new code.",
-                _jobs.CodeChangedWarning, stacklevel=3,
-            )
+        changes = code_changes(self._function, record.code_hash, record.code_parts)
+        if changes:
+            warn(f"{self._function.__qualname__} changed since job {record.job_name} was submitted: "
+                 f"{'; '.join(changes)}. Returning the stored result; use @do_submit to run the new code.",
+                 CodeChangedWarning)
         job = Job(db, record)
         if action in ("auto", "dont_submit"):
             return job.result()

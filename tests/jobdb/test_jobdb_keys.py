@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import textwrap
 import threading
 from collections import OrderedDict
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from jobdb_helpers import run_python, simulate
 
 from parallelaverage.errors import ArgumentError
-from parallelaverage.jobdb import call_key, code_hash
+from parallelaverage.jobdb import call_key, code_changes, code_fingerprint, code_hash, describe_code_changes
 
 
 def key(*args, N_runs=10, average_results="all", **kwargs):
@@ -362,3 +363,240 @@ def test_digests_of_plain_calls_never_change(call, digest):
         "the key of a plain call changed: existing job databases would no longer find their jobs. "
         "Keep the digests of plain int/float/str/array calls, or bump KEY_VERSION on purpose"
     )
+
+
+# ------------------------------------------------------ closures in the call key
+
+def _module(source: str, name: str = "user_code") -> dict:
+    """Run ``source`` as the body of a module named ``name``; return its globals."""
+    namespace: dict = {"__name__": name}
+    exec(compile(textwrap.dedent(source), f"<{name}>", "exec"), namespace)
+    return namespace
+
+
+FACTORY = """
+    import threading
+    def make(offset):
+        def shifted(x):
+            return x + offset
+        return shifted
+    def wrap(function):
+        def wrapped(x):
+            return function(x)
+        return wrapped
+    def double(x):
+        return 2 * x
+    def triple(x):
+        return 3 * x
+"""
+
+
+def test_values_a_closure_captured_are_part_of_the_key():
+    module = _module(FACTORY)
+    make, wrap = module["make"], module["wrap"]
+
+    def k(function, *args):
+        return call_key(function, args, N_runs=4)
+
+    assert k(make(5), 1) != k(make(6), 1)
+    assert k(make(5), 1) == k(make(5), 1)
+    assert k(make(np.int64(5)), 1) == k(make(5), 1)
+    assert k(make(5), 1).call == "shifted(x=1)"  # captured values are identity, not arguments
+    # a captured function counts by its code, not its pickle
+    assert k(wrap(module["double"]), 1) == k(wrap(module["double"]), 1)
+    assert k(wrap(module["double"]), 1) != k(wrap(module["triple"]), 1)
+    with pytest.raises(ArgumentError, match=r"the value 'offset' captured by shifted\(\) cannot be stored"):
+        k(make(threading.Lock()), 1)
+
+
+def test_an_empty_cell_and_the_class_cell_of_super_are_keyed_quietly():
+    from parallelaverage.jobdb.keys import _closure_tokens
+
+    def outer():
+        def early():
+            return later
+
+        key_before = call_key(early, (), N_runs=1)
+        later = 1
+        return key_before, call_key(early, (), N_runs=1)
+
+    before, after = outer()
+    assert before != after
+
+    class Base:
+        def run(self, x):
+            return x
+
+    class Model(Base):
+        def run(self, x):
+            return super().run(x)
+
+    assert Model.run.__code__.co_freevars == ("__class__",)
+    assert _closure_tokens(Model.run, "run") == {}
+
+
+# ------------------------------------------------------------ code fingerprints
+
+PROGRAM = """
+    import numpy as np
+    from numpy import exp
+    import threading
+    OFFSET = 7
+    SCALE = 2.0
+    TABLE = np.arange(10.0)
+    LOCK = threading.Lock()
+    def helper(x):
+        return x * SCALE + TABLE[0]
+    def simulate(x):
+        y = [helper(v) for v in range(x)]  # read in nested code too
+        return sum(y) + OFFSET + exp(0.0) + len(y) + np.pi
+"""
+
+
+def test_the_fingerprint_names_globals_and_user_functions_read():
+    module = _module(PROGRAM)
+    parts = code_fingerprint(module["simulate"])
+    assert set(parts) == {
+        "code", "global OFFSET", "global exp", "code of helper",
+        "global SCALE (read by helper)", "global TABLE (read by helper)",
+    }  # modules (np), builtins (sum, len, range) and attribute names left out
+    assert all(len(digest) == 16 and int(digest, 16) >= 0 for digest in parts.values())
+    assert code_hash(module["simulate"]) == _parts_digest(parts)
+    again = _module(PROGRAM)
+    assert code_fingerprint(again["simulate"]) == parts  # by content, not by object
+
+
+def _parts_digest(parts):
+    from parallelaverage.jobdb.keys import _parts_digest
+
+    return _parts_digest(parts)
+
+
+def test_changes_are_described_by_part():
+    module = _module(PROGRAM)
+    simulate = module["simulate"]
+    before = code_fingerprint(simulate)
+    module["OFFSET"] = 8
+    assert describe_code_changes(before, code_fingerprint(simulate)) == ["global OFFSET changed"]
+    module["OFFSET"] = 7
+    assert code_fingerprint(simulate) == before
+    exec("def helper(x):\n    return x * SCALE * 2\n", module)  # the user edits helper
+    assert describe_code_changes(before, code_fingerprint(simulate)) == [
+        "code of helper changed", "global TABLE (read by helper) removed",
+    ]
+    assert describe_code_changes({"code": "a"}, {"code": "b", "global NEW": "c"}) == [
+        "code changed", "global NEW added",
+    ]
+    assert describe_code_changes(before, before) == []
+
+
+def test_a_new_global_that_the_code_reads_is_added():
+    module = _module("""
+        def simulate(x):
+            return x + NEW if x > 1e9 else x
+    """)
+    before = code_fingerprint(module["simulate"])
+    module["NEW"] = 3
+    assert describe_code_changes(before, code_fingerprint(module["simulate"])) == ["global NEW added"]
+
+
+def test_values_changed_in_place_are_noticed():
+    module = _module("""
+        import numpy as np
+        SMALL = np.zeros(100)
+        LARGE = np.zeros(1_000_000)
+        PARAMS = {"T": [2.5]}
+        def simulate(x):
+            return SMALL[0] + LARGE[0] + PARAMS["T"][0]
+    """)
+    simulate = module["simulate"]
+    parts = code_fingerprint(simulate)
+    module["SMALL"][37] = 1.0  # an array up to RECHECK_ARRAY_BYTES: re-hashed on every call
+    module["PARAMS"]["T"].append(3.0)  # mutable values: re-hashed on every call
+    module["LARGE"] += 1.0  # a large array: re-hashed when a sample of it changed
+    assert describe_code_changes(parts, code_fingerprint(simulate)) == [
+        "global LARGE changed", "global PARAMS changed", "global SMALL changed",
+    ]
+    parts = code_fingerprint(simulate)
+    module["LARGE"].shape = (1000, 1000)
+    assert describe_code_changes(parts, code_fingerprint(simulate)) == ["global LARGE changed"]
+
+
+def test_a_global_that_cannot_be_hashed_counts_by_its_type():
+    module = _module(PROGRAM)
+    module["OFFSET"] = threading.Lock()
+    parts = code_fingerprint(module["simulate"])
+    assert "global OFFSET (not hashable: _thread.lock)" in parts and "global OFFSET" not in parts
+    module["OFFSET"] = threading.Lock()  # another lock: the same type, no change
+    assert code_fingerprint(module["simulate"]) == parts
+
+
+def test_library_functions_count_by_name_and_user_modules_by_code(tmp_path, monkeypatch):
+    import cloudpickle
+
+    (tmp_path / "fp_helpers.py").write_text("SCALE = 3\ndef helper(x):\n    return SCALE * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fp_helpers
+
+    source = "from fp_helpers import helper\ndef simulate(x):\n    return helper(x)\n"
+    parts = code_fingerprint(_module(source)["simulate"])
+    assert set(parts) == {"code", "global helper"}  # another module's: by its name
+    cloudpickle.register_pickle_by_value(fp_helpers)
+    try:
+        parts = code_fingerprint(_module(source)["simulate"])
+    finally:
+        cloudpickle.unregister_pickle_by_value(fp_helpers)
+    assert set(parts) == {"code", "code of helper", "global SCALE (read by helper)"}
+
+
+def test_the_function_itself_and_recursion_end_the_walk():
+    module = _module("""
+        def even(n):
+            return n == 0 or odd(n - 1)
+        def odd(n):
+            return n != 0 and even(n - 1)
+        def simulate(n):
+            return simulate(n - 1) if n else even(n)
+    """)
+    assert set(code_fingerprint(module["simulate"])) == {"code", "code of even", "code of odd (read by even)"}
+
+
+def test_the_cache_notices_rebinding_and_new_code():
+    module = _module(PROGRAM)
+    simulate = module["simulate"]
+    before = code_fingerprint(simulate)
+    module["SCALE"] = 2.5
+    assert describe_code_changes(before, code_fingerprint(simulate)) == ["global SCALE (read by helper) changed"]
+    module["SCALE"] = 2.0
+    module["helper"].__code__ = (lambda x: x).__code__
+    assert describe_code_changes(before, code_fingerprint(simulate)) == ["code of helper changed",
+                                                                          "global SCALE (read by helper) removed",
+                                                                          "global TABLE (read by helper) removed"]
+
+
+def test_code_changes_of_a_job_and_of_a_job_stored_before_fingerprints():
+    from parallelaverage.jobdb.keys import _legacy_code_digest
+
+    module = _module(PROGRAM)
+    simulate = module["simulate"]
+    stored_hash, stored_parts = code_hash(simulate), code_fingerprint(simulate)
+    assert code_changes(simulate, stored_hash, stored_parts) == []
+    module["OFFSET"] = 9
+    assert code_changes(simulate, stored_hash, stored_parts) == ["global OFFSET changed"]
+    # a record without parts: the code as checked then is unchanged, so no warning
+    assert code_changes(simulate, _legacy_code_digest(simulate, simulate), {}) == []
+    assert code_changes(simulate, "0" * 64, {}) == ["the code changed"]
+
+
+def test_fingerprints_do_not_depend_on_the_process_or_its_hash_seed():
+    code = (
+        "import textwrap\n"
+        "from parallelaverage.jobdb import code_fingerprint\n"
+        "ns = {'__name__': 'user_code'}\n"
+        "exec('WORDS = {\"alpha\", \"beta\", \"gamma\"}\\nTABLE = {\"b\": 1, \"a\": 2}\\n"
+        "def helper(x):\\n    return x in WORDS\\n"
+        "def f(x):\\n    return helper(x) and TABLE', ns)\n"
+        "print(sorted(code_fingerprint(ns['f']).items()))\n"
+    )
+    outputs = {run_python(code, PYTHONHASHSEED=seed).stdout for seed in ("1", "2", "3")}
+    assert len(outputs) == 1 and "global WORDS (read by helper)" in outputs.pop()
