@@ -420,17 +420,66 @@ def _token(value: Any, who: Callable[[], str], _active: frozenset[int] = frozens
             pairs = [[_token(k, who, active), _token(v, who, active)] for k, v in value.items()]
             return ["dict", sorted(pairs, key=lambda pair: _canonical(pair[0]))]
         return [kind.__name__, sorted((_token(item, who, active) for item in value), key=_canonical)]
+    if isinstance(value, type) and _shipped_by_value(value):
+        return ["class", f"{value.__module__}.{value.__qualname__}"]
+    if _shipped_by_value(kind):
+        return _object_token(value, who, _active)
     # Everything else, and self-containing containers, by their pickle.
     try:
         pickled = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
     except RecursionError:
         raise  # nested too deeply: named by the caller, once the stack has unwound
     except Exception as exc:
-        raise ArgumentError(
-            f"{who()} cannot be stored: {exc}; pass something picklable "
-            "(numbers, strings, lists, dicts, numpy arrays or objects that pickle)"
-        ) from exc
+        raise _cannot_store(who, exc) from exc
     return ["pickle", f"{kind.__module__}.{kind.__qualname__}", _sha256(pickled)]
+
+
+def _cannot_store(who: Callable[[], str], exc: Exception) -> ArgumentError:
+    return ArgumentError(
+        f"{who()} cannot be stored: {exc}; pass something picklable "
+        "(numbers, strings, lists, dicts, numpy arrays or objects that pickle)"
+    )
+
+
+def _shipped_by_value(cls: type) -> bool:
+    """Whether ``cloudpickle`` pickles the class ``cls`` by value (defined in ``__main__``,
+    in a function, or in a module registered by value), as it does for a user's classes
+    in a script or a notebook. Such a pickle holds an id drawn at random in each process,
+    so it cannot be a key."""
+    module_name = getattr(cls, "__module__", None)
+    if not isinstance(module_name, str) or module_name == "builtins":
+        return False
+    if module_name == "__main__" or _in_modules(module_name, _by_value_modules()):
+        return True
+    found: Any = sys.modules.get(module_name)
+    for scope in str(getattr(cls, "__qualname__", "")).split("."):
+        found = getattr(found, scope, None)
+    return found is not cls
+
+
+def _object_token(value: Any, who: Callable[[], str], active: frozenset[int]) -> Any:
+    """An object whose class is shipped by value: its class by name, then what pickling
+    it is made of (``__reduce_ex__``: constructor arguments and state), as tokens."""
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    if id(value) in active:
+        return ["cycle", name]
+    try:
+        reduced = value.__reduce_ex__(PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise _cannot_store(who, exc) from exc
+    if isinstance(reduced, str):  # a module-level singleton, pickled by name
+        return ["object", name, reduced]
+    active = active | {id(value)}
+    constructor, rest = reduced[0], list(reduced[1:])
+    for position in (2, 3):  # items of list and dict subclasses come as iterators
+        if len(rest) > position and rest[position] is not None:
+            rest[position] = list(rest[position])
+    return ["object", name, _callable_name(constructor), [_token(item, who, active) for item in rest]]
+
+
+def _callable_name(value: Any) -> str:
+    module = getattr(value, "__module__", None) or "<unknown>"
+    return f"{module}.{getattr(value, '__qualname__', None) or getattr(value, '__name__', type(value).__qualname__)}"
 
 
 def _python_number(value: np.generic) -> bool | int | float | complex | None:
@@ -823,8 +872,13 @@ def _is_users(function: types.FunctionType, walk: _Walk) -> bool:
     module = function.__module__
     if function.__globals__ is walk.root.__globals__ or module in (walk.root.__module__, "__main__"):
         return True
+    return _in_modules(module, walk.by_value)
+
+
+def _in_modules(module: str | None, names: set[str]) -> bool:
+    """Whether ``module`` is one of the modules ``names`` or inside one of those packages."""
     while module:
-        if module in walk.by_value:
+        if module in names:
             return True
         module = module.rpartition(".")[0]
     return False
@@ -843,9 +897,7 @@ def _is_library_callable(value: Any) -> bool:
 
 
 def _qualified_name(value: Any) -> str:
-    inner = _unwrap(value)
-    module = getattr(inner, "__module__", None) or "<unknown>"
-    return f"{module}.{getattr(inner, '__qualname__', None) or getattr(inner, '__name__', type(inner).__qualname__)}"
+    return _callable_name(_unwrap(value))
 
 
 def _immutable(value: Any) -> bool:

@@ -600,3 +600,26 @@ def test_fingerprints_do_not_depend_on_the_process_or_its_hash_seed():
     )
     outputs = {run_python(code, PYTHONHASHSEED=seed).stdout for seed in ("1", "2", "3")}
     assert len(outputs) == 1 and "global WORDS (read by helper)" in outputs.pop()
+
+
+def test_instances_of_a_scripts_classes_key_the_same_in_every_process():
+    # cloudpickle ships __main__'s classes by value with an id drawn in each process:
+    # such objects are keyed by class name and state instead of by their pickle
+    code = textwrap.dedent("""
+        from parallelaverage.jobdb import call_key
+        class Lattice:
+            def __init__(self, L):
+                self.L, self.tags = L, {"a", "b", "c"}
+        class Model:
+            def __init__(self, T):
+                self.T, self.lattice = T, Lattice(8)
+            def simulate(self, steps):
+                return steps
+        print(call_key(Model.simulate, (Model(2.5), 10), N_runs=3).digest)
+        print(call_key(Model.simulate, (Model(2.6), 10), N_runs=3).digest)
+        print(call_key(Model.simulate, (Model, 10), N_runs=3).digest)
+    """)
+    outputs = {run_python(code, PYTHONHASHSEED=seed).stdout for seed in ("1", "2", "3")}
+    assert len(outputs) == 1
+    digests = outputs.pop().split()
+    assert len(set(digests)) == 3, "another state or a class is another call"
