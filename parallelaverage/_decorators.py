@@ -42,6 +42,17 @@ class ParallelFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("auto", args, kwargs)
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        # A decorated method: the instance becomes the first argument (``self``), keyed
+        # by its state like any other argument: another state is another call.
+        return self if instance is None else _BoundParallelFunction(self, instance)
+
+    def __reduce__(self) -> Any:
+        # Travelling to the ranks (as a class attribute of a method's instance, say), it is
+        # the plain function: a run calls it, it does not submit jobs from a compute node,
+        # and the modules of its options are not shipped along.
+        return _plain_function, (self._function,)
+
     def __repr__(self) -> str:
         kind = "parallel" if self._options.average is None else "parallel_average"
         return f"<{kind} {self._function.__qualname__}, {self._options.total_runs} runs on {self._options.N_tasks} ranks>"
@@ -156,6 +167,28 @@ class ParallelFunction:
         return None
 
 
+def _plain_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    return function
+
+
+class _BoundParallelFunction:
+    """A decorated method looked up on an instance (``model.simulate``); the action
+    decorators accept it as they accept the function: ``wait(model.simulate)(L=64)``."""
+
+    def __init__(self, target: ParallelFunction, instance: Any) -> None:
+        functools.update_wrapper(self, target._function)
+        self._target, self._instance, self._function = target, instance, target._function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("auto", args, kwargs)
+
+    def _call(self, action: str, args: tuple, kwargs: dict) -> Any:
+        return self._target._call(action, (self._instance, *args), kwargs)
+
+    def __repr__(self) -> str:
+        return f"<bound {self._target!r} of a {type(self._instance).__qualname__}>"
+
+
 # ------------------------------------------------------------------ decorators
 def parallel(N_runs: int | tuple[int, ...], N_tasks: int, **options: Any) -> Callable[[Callable[..., Any]], ParallelFunction]:
     """Run a function ``N_runs`` times on ``N_tasks`` MPI ranks and keep every output.
@@ -194,12 +227,12 @@ def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_result
 class _Action:
     """A decorated function with an action applied: calling it performs the action."""
 
-    _target: ParallelFunction
+    _target: ParallelFunction | _BoundParallelFunction
 
     def __init__(self, target: Any, action: str) -> None:
         while isinstance(target, _Action):
             target = target._target
-        if not isinstance(target, ParallelFunction):
+        if not isinstance(target, (ParallelFunction, _BoundParallelFunction)):
             raise TypeError(f"@{action} applies to a function decorated with @parallel or "
                             f"@parallel_average, not to {target!r}")
         functools.update_wrapper(self, target._function)
@@ -207,6 +240,12 @@ class _Action:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._target._call(self._action, args, kwargs)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        # an action stacked on a decorated method in a class body
+        if instance is None or not isinstance(self._target, ParallelFunction):
+            return self
+        return _Action(self._target.__get__(instance, owner), self._action)
 
 
 def _action(name: str, doc: str) -> Callable[[Any], _Action]:

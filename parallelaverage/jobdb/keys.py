@@ -235,7 +235,7 @@ def call_key(
         "average_results": average_results,
     }
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    call = f"{short}({', '.join(_render_argument(label, text) for label, text in reprs)})"
+    call = f"{_call_name(func, short)}({', '.join(_render_argument(label, text) for label, text in reprs)})"
     return CallKey(
         digest=hashlib.sha256(encoded.encode("ascii")).hexdigest(),
         function=function,
@@ -320,6 +320,13 @@ def _function_names(func: Any) -> tuple[str, str]:
     return f"{module}.{qualname}", safe_name(short)
 
 
+def _call_name(func: Any, short: str) -> str:
+    """The name a readable call starts with: ``Model.simulate`` for a method, else ``short``."""
+    qualname = str(getattr(_underlying_function(func), "__qualname__", ""))
+    scopes = qualname.split(".")
+    return f"{scopes[-2]}.{short}" if len(scopes) >= 2 and scopes[-2] != "<locals>" else short
+
+
 def safe_name(name: str) -> str:
     """``name`` reduced to ``[A-Za-z0-9_.-]``, without leading dots, at most 64 characters.
 
@@ -344,6 +351,8 @@ def describe_value(value: Any) -> str:
     """
     if type(value) is np.ndarray and value.size > 8:
         return f"ndarray(shape={value.shape}, dtype={value.dtype})"
+    if type(value).__repr__ is object.__repr__:
+        return f"<{type(value).__name__} object>"  # its address says nothing about the call
     try:
         text = _repr.repr(value)
     except Exception:  # a broken __repr__ must not stop a submission

@@ -227,7 +227,12 @@ def test_methods_and_partials_include_their_bound_state():
     m1 = call_key(Model(1).run, (2,), {}, N_runs=1)
     assert m1 == call_key(Model(1).run, (2,), {}, N_runs=1)
     assert m1 != call_key(Model(5).run, (2,), {}, N_runs=1)
-    assert m1.call == "run(x=2)" and m1.function.endswith("Model.run")
+    assert m1.call == "Model.run(x=2)" and m1.function.endswith("Model.run") and m1.name == "run"
+    # a method decorated in its class body gets the instance as its first argument
+    unbound = call_key(Model.run, (Model(1), 2), {}, N_runs=1)
+    assert unbound.call == "Model.run(self=<Model object>, x=2)"
+    assert unbound == call_key(Model.run, (Model(1),), {"x": 2}, N_runs=1)
+    assert unbound != call_key(Model.run, (Model(5), 2), {}, N_runs=1)
 
     class Unpicklable:
         def __init__(self):
