@@ -84,7 +84,10 @@ BAD_INPUTS = textwrap.dedent("""
     def f(x):
         return x
 
-    for argument in (threading.Lock(), (i for i in range(3))):
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    for argument in (threading.Lock(), (i for i in range(3)), deep):
         try:
             f(argument)
             results.append(None)
@@ -98,6 +101,7 @@ EXPECTED = [
     "N_tasks=0: must be between 1 and the number of runs (4)", "N_tasks=9", "queuing_system='lsf'",
     "encoding='yaml'", "newline or control character", "no such directory; create it",
     "average_results='most'", "argument 'x' of f() cannot be stored", "argument 'x' of f() cannot be stored",
+    "argument 'x' of f() cannot be stored: nested too deeply",
 ]
 
 
