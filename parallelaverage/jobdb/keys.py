@@ -1,15 +1,25 @@
 """Call identity: which stored job answers a call.
 
-A job answers a call when four things match: the function's qualified name
-(``module.qualname``), its arguments *bound to the signature*, ``N_runs`` and
-``average_results``. Binding uses ``inspect.signature(func).bind(...)`` and
-``apply_defaults()``, so ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)`` are one
-call, and the order of ``**kwargs`` does not matter. The function's *code* is
-deliberately not part of the identity: editing a function should not silently
-orphan finished results, so :func:`code_hash` is stored beside the key and the
-caller warns when it differs.
+A job answers a call when these match: the function's qualified name
+(``module.qualname``), its arguments *bound to the signature*, the values the
+function captured (its closure), ``N_runs`` and ``average_results``. Binding uses
+``inspect.signature(func).bind(...)`` and ``apply_defaults()``, so ``f(1)``,
+``f(x=1)`` and ``f(1, y=<default>)`` are one call, and the order of ``**kwargs``
+does not matter. A method decorated in its class body gets its instance as the
+first argument (``self``), keyed like any other.
 
-Arguments are keyed by canonical content ("tokens"), hashed with SHA-256:
+Captured values count because a factory's ``make(5)`` and ``make(6)`` compute
+different things with the same code; a captured function counts by its
+:func:`code_hash`. A function without a closure (or whose only cell is the
+``__class__`` of ``super()``) adds nothing, so its keys are those of before.
+
+The function's *code*, and the globals and helper functions it reads, are
+deliberately not part of the identity: editing a function should not silently
+orphan finished results. Their :func:`code_fingerprint` is stored beside the key
+and the caller warns, naming what changed (:func:`code_changes`).
+
+Arguments and captured values are keyed by canonical content ("tokens"), hashed
+with SHA-256:
 
 ==========================  ==================================================
 value (exact type)          token
@@ -29,6 +39,10 @@ numpy ``bool_``, integer,   the token of the equal Python ``bool``, ``int``,
 floating, complex scalar    ``float`` or ``complex``
 other numpy scalar          ``["npscalar", dtype, hex of its bytes]`` (also a
                             ``longdouble`` that a float cannot hold exactly)
+class shipped by value      ``["class", qualified name]``
+object of such a class      ``["object", class name, constructor, [tokens]]``:
+                            the tokens of what ``__reduce_ex__`` makes of it
+                            (constructor arguments, state)
 anything else               ``["pickle", type name, sha256 of cloudpickle]``
 ==========================  ==================================================
 
@@ -49,6 +63,11 @@ Consequences, chosen to be deterministic rather than clever:
 * a pickled value is equal to another only if the pickles are byte-identical:
   true for most objects, but an object *containing* a set of strings may pickle
   differently in another process (use plain data for such arguments);
+* ``cloudpickle`` ships a class defined in ``__main__``, in a function or in a
+  module registered by value *by value*, with an id drawn in each process: such a
+  class is keyed by its name, and its objects by their state, so that a script's
+  ``Model(T=2.5)`` finds its job in the next run of the script (two such classes
+  of the same qualified name are not told apart);
 * ``cloudpickle`` pickles with the fixed protocol :data:`PICKLE_PROTOCOL`.
 
 An argument that cannot be pickled, or is nested deeper than Python can recurse,
@@ -801,10 +820,12 @@ def _part_name(kind: str, name: str, reader: str | None, note: str | None = None
 
 def _function_token(function: types.FunctionType) -> Any:
     """A user function read by fingerprinted code: its code, defaults and captured values."""
-    captured = {}
+    captured: dict[str, Any] = {}
     for name, value in _closure_values(function):
         inner = _unwrap(value)
-        if isinstance(inner, types.FunctionType):
+        if value is _MISSING:
+            captured[name] = ["empty"]
+        elif isinstance(inner, types.FunctionType):
             # by code only: the whole fingerprint could come back here
             captured[name] = ["code", _legacy_code_digest(inner, inner)]
         else:
