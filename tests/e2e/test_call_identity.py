@@ -147,3 +147,15 @@ def test_an_action_stacked_on_a_method_in_its_class_body_binds_too(tmp_path):
     with pytest.raises(pa.NoJobError, match=r"no job for Model\.simulate\(self=<Model object>, L=3\)"):
         Model().simulate(3)
     assert not (tmp_path / ".parallelaverage").exists() or jobs_in(tmp_path) == []
+
+
+def test_a_decorated_function_travels_as_its_plain_function(tmp_path):
+    import cloudpickle
+
+    @parallel_average(N_runs=2, N_tasks=1, queuing_system="local", path=tmp_path)
+    def plain(x):
+        return 2 * x
+
+    copy = cloudpickle.loads(cloudpickle.dumps(plain))
+    assert copy(3) == 6 and not isinstance(copy, type(plain))  # runs, submits nothing
+    assert not (tmp_path / ".parallelaverage").exists() or jobs_in(tmp_path) == []
