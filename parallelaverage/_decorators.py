@@ -25,7 +25,9 @@ from parallelaverage._payload import Payload
 from parallelaverage._state import JobState
 from parallelaverage.errors import ArgumentError, CodeChangedWarning, NoJobError, say, warn
 from parallelaverage.job import Job
-from parallelaverage.jobdb import JobDatabase, JobRecord, call_key, code_hash, new_record
+from parallelaverage.jobdb import (
+    JobDatabase, JobRecord, call_key, code_changes, code_fingerprint, code_hash, new_record,
+)
 
 __all__ = [
     "parallel", "parallel_average", "do_submit", "dont_submit", "re_submit", "cancel_job",
@@ -47,6 +49,17 @@ class ParallelFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("auto", args, kwargs)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        # A decorated method: the instance becomes the first argument (``self``), keyed
+        # by its state like any other argument: another state is another call.
+        return self if instance is None else _BoundParallelFunction(self, instance)
+
+    def __reduce__(self) -> Any:
+        # Travelling to the ranks (as a class attribute of a method's instance, say), it is
+        # the plain function: a run calls it, it does not submit jobs from a compute node,
+        # and the modules of its options are not shipped along.
+        return _plain_function, (self._function,)
 
     def __repr__(self) -> str:
         kind = "parallel" if self._options.average is None else "parallel_average"
@@ -97,7 +110,8 @@ class ParallelFunction:
         }
 
         def make_record(name: str) -> JobRecord:
-            return new_record(key, name, code_hash=code_hash(self._function), options=recorded,
+            return new_record(key, name, code_hash=code_hash(self._function),
+                              code_parts=code_fingerprint(self._function), options=recorded,
                               status="submitted", queue=queuing_system)
 
         if force:
@@ -176,10 +190,33 @@ class ParallelFunction:
         return None
 
     def _check_code(self, record: JobRecord) -> None:
-        if record.code_hash != code_hash(self._function):
-            warn(f"the code of {self._function.__qualname__} changed since job {record.job_name} was "
-                 "submitted; returning the stored result. Use @do_submit to run the new code.",
+        changes = code_changes(self._function, record.code_hash, record.code_parts)
+        if changes:
+            warn(f"{self._function.__qualname__} changed since job {record.job_name} was submitted: "
+                 f"{'; '.join(changes)}. Returning the stored result; use @do_submit to run the new code.",
                  CodeChangedWarning)
+
+
+def _plain_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    return function
+
+
+class _BoundParallelFunction:
+    """A decorated method looked up on an instance (``model.simulate``); the action
+    decorators accept it as they accept the function: ``wait(model.simulate)(L=64)``."""
+
+    def __init__(self, target: ParallelFunction, instance: Any) -> None:
+        functools.update_wrapper(self, target._function)
+        self._target, self._instance, self._function = target, instance, target._function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("auto", args, kwargs)
+
+    def _call(self, action: str, args: tuple, kwargs: dict, **action_options: Any) -> Any:
+        return self._target._call(action, (self._instance, *args), kwargs, **action_options)
+
+    def __repr__(self) -> str:
+        return f"<bound {self._target!r} of a {type(self._instance).__qualname__}>"
 
 
 # ------------------------------------------------------------------ decorators
@@ -223,12 +260,12 @@ def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_result
 class _Action:
     """A decorated function with an action applied: calling it performs the action."""
 
-    _target: ParallelFunction
+    _target: ParallelFunction | _BoundParallelFunction
 
     def __init__(self, target: Any, action: str, options: dict[str, Any] | None = None) -> None:
         while isinstance(target, _Action):
             target = target._target
-        if not isinstance(target, ParallelFunction):
+        if not isinstance(target, (ParallelFunction, _BoundParallelFunction)):
             raise TypeError(f"@{action} applies to a function decorated with @parallel or "
                             f"@parallel_average, not to {target!r}")
         functools.update_wrapper(self, target._function)
@@ -236,6 +273,12 @@ class _Action:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._target._call(self._action, args, kwargs, **self._options)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        # an action stacked on a decorated method in a class body
+        if instance is None or not isinstance(self._target, ParallelFunction):
+            return self
+        return _Action(self._target.__get__(instance, owner), self._action, self._options)
 
 
 def _action(name: str, doc: str) -> Callable[[Any], _Action]:

@@ -9,6 +9,7 @@ indented JSON with sorted keys, for example::
       "average_results": "all",
       "call": "simulate(L=64, T=2.5)",
       "code_hash": "9f2c...",
+      "code_parts": {"code": "0ce8f032948d4639", "global OFFSET": "fd09abf9983d3056"},
       "function": "__main__.simulate",
       "job_name": "12_simulate",
       "key_digest": "4be1...",
@@ -40,6 +41,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import CorruptFileError
@@ -59,6 +61,9 @@ STATUSES = ("submitted", "running", "completed", "ended", "cancelled", "submit_f
 
 #: The statuses of a job that may still change by itself.
 LIVE_STATUSES = ("submitted", "running")
+
+#: Fields a record may lack: added after schema version 1 was first written.
+_OPTIONAL_FIELDS = frozenset({"code_parts"})
 
 #: Job names: ``<index>_<function name>``, index counting from 1.
 JOB_NAME_PATTERN = re.compile(r"([1-9][0-9]*)_([A-Za-z0-9_][A-Za-z0-9_.-]*)")
@@ -87,6 +92,8 @@ class JobRecord:
         arguments: Readable value of each argument, by parameter name.
         key_digest: :attr:`CallKey.digest` of the call.
         code_hash: :func:`~parallelaverage.jobdb.code_hash` of the function at submission.
+        code_parts: Its :func:`~parallelaverage.jobdb.code_fingerprint`, so that a later
+            call can say what changed; empty in records written before it existed.
         N_runs: Number of runs, or a list of dimensions for index-tuple run ids.
         average_results: ``"all"``, ``"keep"`` (outputs kept, not averaged) or the
             list of averaged tuple elements.
@@ -119,6 +126,7 @@ class JobRecord:
     n_not_ready: int = 0
     queue: str | None = None
     queue_job_id: str | None = None
+    code_parts: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +156,7 @@ class JobRecord:
             arguments=dict(self.arguments),
             key_digest=self.key_digest,
             code_hash=self.code_hash,
+            code_parts=dict(self.code_parts),
             N_runs=self.N_runs,
             average_results=self.average_results,
             options=self.options,
@@ -179,7 +188,7 @@ class JobRecord:
             raise CorruptFileError(path, f"expected a JSON object (a job record), found {type(data).__name__}")
         check_schema_version(data, path, what="job record")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "n_successful", "n_failed", "n_not_ready"}
-        missing = sorted((known | {"runs"}) - data.keys())
+        missing = sorted((known - _OPTIONAL_FIELDS | {"runs"}) - data.keys())
         if missing:
             raise CorruptFileError(path, f"not a complete job record: missing {', '.join(map(repr, missing))}")
         runs = data["runs"]
@@ -188,7 +197,7 @@ class JobRecord:
         extra = {k: v for k, v in data.items() if k not in known | {"runs", "schema_version"}}
         try:
             return cls(
-                **{name: data[name] for name in known},
+                **{name: data[name] for name in known if name in data},
                 n_successful=runs["successful"],
                 n_failed=runs["failed"],
                 n_not_ready=runs["not_ready"],
@@ -231,6 +240,7 @@ def new_record(
     job_name: str,
     *,
     code_hash: str,
+    code_parts: Mapping[str, str] | None = None,
     options: dict[str, Any] | None = None,
     status: str = "created",
     queue: str | None = None,
@@ -242,6 +252,7 @@ def new_record(
         key: The call the job answers.
         job_name: The name the database gave the job.
         code_hash: :func:`~parallelaverage.jobdb.code_hash` of the function now.
+        code_parts: :func:`~parallelaverage.jobdb.code_fingerprint` of the function now.
         options: Further JSON-able job options.
         status: Initial status.
         queue: Queue backend name, if already known.
@@ -261,6 +272,7 @@ def new_record(
         arguments=key.arguments,
         key_digest=key.digest,
         code_hash=code_hash,
+        code_parts={} if code_parts is None else dict(code_parts),
         N_runs=key.N_runs,
         average_results=key.average_results,
         options={} if options is None else dict(options),
@@ -287,6 +299,10 @@ def _check_record(record: JobRecord) -> None:
         isinstance(k, str) and isinstance(v, str) for k, v in record.arguments.items()
     ):
         raise TypeError("field 'arguments': must map parameter names to readable strings")
+    if not isinstance(record.code_parts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in record.code_parts.items()
+    ):
+        raise TypeError("field 'code_parts': must map part names to hex digests")
     for name in ("n_successful", "n_failed", "n_not_ready"):
         value = getattr(record, name)
         if type(value) is not int or value < 0:

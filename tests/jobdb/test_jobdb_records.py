@@ -72,3 +72,17 @@ def test_invalid_fields_fail_at_construction():
         record(N_runs=0)
     with pytest.raises(TypeError, match="field 'status'"):
         record(status="")
+
+
+def test_code_parts_are_stored_and_optional_in_older_records():
+    parts = {"code": "0123456789abcdef", "global OFFSET": "fedcba9876543210"}
+    r = record(code_parts=parts)
+    data = r.to_json()
+    assert data["code_parts"] == parts
+    assert JobRecord.from_json(data, "job.json") == r
+    del data["code_parts"]  # a job.json written before parts were recorded
+    older = JobRecord.from_json(data, "job.json")
+    assert older.code_parts == {} and older.extra == {}
+    assert new_record(key_of(1), "1_simulate", code_hash="x").code_parts == {}
+    with pytest.raises(TypeError, match="field 'code_parts': must map part names to hex digests"):
+        record(code_parts={"code": 1})

@@ -89,7 +89,10 @@ BAD_INPUTS = textwrap.dedent("""
     def f(x):
         return x
 
-    for argument in (threading.Lock(), (i for i in range(3))):
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    for argument in (threading.Lock(), (i for i in range(3)), deep):
         try:
             f(argument)
             results.append(None)
@@ -109,6 +112,7 @@ EXPECTED = [
     "average_results='all': @parallel keeps every output",
     "signal='B:USR1@60': the B: form sends the signal to the batch shell only",
     "argument 'x' of f() cannot be stored", "argument 'x' of f() cannot be stored",
+    "argument 'x' of f() cannot be stored: nested too deeply",
 ]
 
 
