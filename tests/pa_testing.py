@@ -10,6 +10,15 @@ import warnings
 from parallelaverage import NotReadyWarning, dont_submit
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must stop on SIGINT (Ctrl+C) even when the test
+    runner was started where SIGINT is ignored (a background job of a script), which
+    every child would inherit."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def process_tree(pid: int) -> list[int]:
     """pid and every live process below it, from /proc."""
     parents = {}

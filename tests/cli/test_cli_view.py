@@ -12,6 +12,7 @@ import types
 import urllib.request
 
 import pytest
+from pa_testing import default_sigint
 
 from parallelaverage.cli import main
 
@@ -38,7 +39,8 @@ def test_view_passes_path_port_and_open(tmp_path, monkeypatch):
                     reason="this installation has no parallelaverage.viewer")
 def test_view_serves_the_page_with_its_token(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "parallelaverage", "view", "--port", "0"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     watchdog = threading.Timer(60, process.kill)  # a viewer that never prints its URL fails, not hangs
     watchdog.start()
     try:

@@ -28,6 +28,7 @@ from parallelaverage.viewer import _details, make_server
 from parallelaverage.viewer._catalog import Catalog, JobQuery, parameter_order
 
 import viewer_models
+from pa_testing import default_sigint
 from viewer_testing import CORRELATIONS, start_viewer, stop_viewer
 
 
@@ -421,7 +422,7 @@ def test_serve_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from parallelaverage.viewer import serve; serve(sys.argv[1])", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"},
+        env={k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}, preexec_fn=default_sigint,
     )
     try:
         lines = [process.stdout.readline() for _ in range(3)]
