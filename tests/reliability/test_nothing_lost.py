@@ -1,0 +1,212 @@
+"""Nothing lost, nothing counted twice, never "running" forever: races between callers,
+odd-shaped runs on many ranks, lost index entries, callers killed mid-submission.
+
+Every test runs real processes (callers as subprocesses, ranks under mpiexec) and, where
+a moment matters, stops a caller at a named point (``PARALLELAVERAGE_TEST_HOOKS``,
+see ``parallelaverage/_testhooks.py``) instead of hoping for a lucky timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import parallelaverage as pa
+from parallelaverage import (
+    JobEndedWarning, JobWarning, NotReadyWarning, RunsFailedWarning, dont_submit, parallel_average, re_submit, wait,
+)
+from parallelaverage.job import Job
+
+THIS = sys.modules[__name__]
+HOOKS = "PARALLELAVERAGE_TEST_HOOKS"
+
+
+def calls(function, *args, action=dont_submit):
+    """Call ``action(function)(*args)``; return the result and the job warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = action(function)(*args)
+    return result, [w for w in caught if issubclass(w.category, JobWarning)]
+
+
+def until_stopped(path: Path, job_name: str, timeout_s: float = 120) -> Job:
+    """Poll the job until it stops running; fail (never hang) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    job = Job.load(job_name, path)
+    while job.state().status == "running":
+        assert time.monotonic() < deadline, f"{job_name} still running after {timeout_s} s"
+        time.sleep(0.05)
+    return job
+
+
+# --------------------------------------------------------------------- re-submission races
+JOBS_MODULE = textwrap.dedent("""
+    import os, sys, time
+    import parallelaverage as pa
+    from parallelaverage import parallel_average
+
+    @parallel_average(N_runs=20, N_tasks=2, queuing_system="local", path=os.environ["PA_TEST_DB"])
+    def value(flag):
+        if os.path.exists(flag) and pa.run_id() % 5 == 0:
+            raise RuntimeError("not yet")
+        time.sleep(0.05)
+        return float(pa.run_id())
+""")
+RESUBMITTER = "import sys, racejobs; from parallelaverage import re_submit; re_submit(racejobs.value)(sys.argv[1])"
+
+
+def import_jobs_module(tmp_path: Path, monkeypatch) -> object:
+    """The module of the decorated function, importable by the test and by its callers alike."""
+    (tmp_path / "racejobs.py").write_text(JOBS_MODULE)
+    monkeypatch.setenv("PA_TEST_DB", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    import importlib
+
+    sys.modules.pop("racejobs", None)
+    return importlib.import_module("racejobs")
+
+
+@pytest.mark.parametrize("stall", [False, True], ids=["at-once", "one-stalls-after-reading-the-state"])
+def test_two_resubmits_of_one_job_launch_once_and_count_each_run_once(tmp_path, monkeypatch, stall):
+    """The issue's race: both callers read the state, both launch the failed runs, which
+    then count twice (count 24 for 20 runs). Re-submission is one critical section."""
+    jobs = import_jobs_module(tmp_path, monkeypatch)
+    flag = tmp_path / "flag"
+    flag.touch()
+    with pytest.warns(RunsFailedWarning, match="4 / 20 runs failed"):
+        wait(jobs.value)(str(flag))
+    flag.unlink()
+    slow_env = {**os.environ, HOOKS: "state_read=sleep:2"} if stall else dict(os.environ)
+    callers = [subprocess.Popen([sys.executable, "-c", RESUBMITTER, str(flag)], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for env in (slow_env, dict(os.environ))]
+    outs = [caller.communicate(timeout=180) for caller in callers]
+    assert all(caller.returncode == 0 for caller in callers), outs
+    said = "".join(out for out, _ in outs)
+    assert said.count("re-submitting 4 runs of job 1_value") == 1, said
+    assert "already running as launch 2; not launching it twice" in said, said
+    job = until_stopped(tmp_path, "1_value")
+    assert job.files.attempts() == [1, 2]
+    result = wait(jobs.value)(str(flag))
+    assert result.count == 20 and list(result.successful_run_ids) == list(range(20))
+    assert result.failed_run_ids == [] and result.data == pytest.approx(9.5, rel=1e-15)
+
+
+def test_many_simultaneous_resubmit_pairs_never_launch_twice(tmp_path):
+    """10 pairs of callers re-submit 10 jobs at the same moment: 10 launches, not 20."""
+    flag = tmp_path / "flag"
+    flag.touch()
+    script = tmp_path / "pairs.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import parallelaverage as pa
+        from parallelaverage import parallel_average, re_submit, wait
+
+        @parallel_average(N_runs=6, N_tasks=1, queuing_system="local", path=sys.argv[1])
+        def value(flag, job):
+            import os
+            if os.path.exists(flag) and pa.run_id() == 0:
+                raise RuntimeError("not yet")
+            return float(pa.run_id())
+
+        if sys.argv[3] == "prepare":
+            for job in range(10):
+                try:
+                    wait(value)(sys.argv[2], job)
+                except Exception:
+                    pass
+        else:
+            start = float(sys.argv[3])
+            for job in range(10):
+                time.sleep(max(0.0, start + job * 0.5 - time.time()))  # both callers at once
+                re_submit(value)(sys.argv[2], job)
+    """))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(flag), "prepare"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    flag.unlink()
+    start = str(time.time() + 3.0)
+    pair = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(flag), start],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in pair]
+    assert all(p.returncode == 0 for p in pair), outs
+    said = "".join(out for out, _ in outs)
+    assert said.count("re-submitting 1 runs") == 10, said
+    for job in range(1, 11):
+        stopped = until_stopped(tmp_path, f"{job}_value")
+        assert stopped.files.attempts() == [1, 2], job
+        state = stopped.state()
+        assert state.status == "completed" and len(state.done) == 6
+        assert state.tally.main_group().accumulators[0].count == 6  # each run once
+
+
+# --------------------------------------------------------------------- odd shapes
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+@pytest.mark.parametrize("n_tasks", [1, 2, 4])
+@pytest.mark.parametrize("odd", [0, 7], ids=["first-run-odd", "a-middle-run-odd"])
+def test_one_run_of_another_shape_fails_alone_on_any_number_of_ranks(tmp_path, n_tasks, dynamic, odd):
+    @parallel_average(N_runs=12, N_tasks=n_tasks, queuing_system="local", path=tmp_path,
+                      dynamic_load_balancing=dynamic, pickle_by_value=[THIS])
+    def shapes(odd_run):
+        return np.zeros(3 if pa.run_id() == odd_run else 2) + pa.run_id()
+
+    with pytest.warns(RunsFailedWarning, match=rf"run {odd} returned an array of shape \(3,\), but 11 other runs "
+                                               r"returned an array of shape \(2,\)"):
+        result = wait(shapes)(odd)
+    others = [run for run in range(12) if run != odd]
+    assert result.failed_run_ids == [odd] and list(result.successful_run_ids) == others
+    assert result.count == 11 and np.allclose(result.data, np.mean(others))
+    # the ranks' result and their snapshots agree: the odd run is failed, not silently lost
+    job = Job.load(1, tmp_path)
+    state = job.state()
+    assert state.status == "completed" and list(state.failed) == [odd]
+    # re-running it makes it fail again, and changes nothing else
+    re_submit(shapes)(odd)
+    until_stopped(tmp_path, "1_shapes")
+    result, caught = calls(shapes, odd)
+    assert result.failed_run_ids == [odd] and result.count == 11 and np.allclose(result.data, np.mean(others))
+
+
+# --------------------------------------------------------------------- lost index entries
+def test_a_job_whose_index_entry_was_removed_is_found_not_run_again(tmp_path):
+    @parallel_average(N_runs=4, N_tasks=2, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def indexed(x):
+        return float(x + pa.run_id())
+
+    first = wait(indexed)(1)
+    entries = list((tmp_path / ".parallelaverage" / "index").rglob("*.json"))
+    assert len(entries) == 1
+    entries[0].unlink()  # a user cleaning by hand, a half-synced copy
+    again = dont_submit(indexed)(1)  # found by its folder, not "no job" (and nothing written)
+    assert again.job_name == first.job_name == "1_indexed" and again.data == first.data
+    assert not entries[0].exists()
+    assert indexed(1).job_name == "1_indexed"  # a plain call re-indexes it: no second job
+    assert entries[0].exists()
+    assert sorted(p.name for p in (tmp_path / ".parallelaverage").iterdir() if p.name[0].isdigit()) == ["1_indexed"]
+
+
+def test_cleanup_reindex_restores_every_missing_entry(tmp_path):
+    @parallel_average(N_runs=2, N_tasks=1, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def indexed(x):
+        return float(x)
+
+    for x in range(3):
+        wait(indexed)(x)
+    for entry in (tmp_path / ".parallelaverage" / "index").rglob("*.json"):
+        entry.unlink()
+    done = subprocess.run([sys.executable, "-m", "parallelaverage", "cleanup", "--reindex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("re-indexed")) == [
+        "re-indexed 1_indexed", "re-indexed 2_indexed", "re-indexed 3_indexed"]
+    assert [dont_submit(indexed)(x).job_name for x in range(3)] == ["1_indexed", "2_indexed", "3_indexed"]
