@@ -210,3 +210,127 @@ def test_cleanup_reindex_restores_every_missing_entry(tmp_path):
     assert sorted(line for line in done.stdout.splitlines() if line.startswith("re-indexed")) == [
         "re-indexed 1_indexed", "re-indexed 2_indexed", "re-indexed 3_indexed"]
     assert [dont_submit(indexed)(x).job_name for x in range(3)] == ["1_indexed", "2_indexed", "3_indexed"]
+
+
+# --------------------------------------------------------------------- callers killed mid-way
+KILLED_MODULE = textwrap.dedent("""
+    import os, time
+    import parallelaverage as pa
+    from parallelaverage import parallel_average
+
+    @parallel_average(N_runs=8, N_tasks=2, queuing_system="local", path=os.environ["PA_TEST_DB"])
+    def killed(flag):
+        if os.path.exists(flag) and pa.run_id() % 4 == 0:
+            raise RuntimeError("not yet")
+        return float(pa.run_id())
+""")
+
+
+def import_killed_module(tmp_path: Path, monkeypatch) -> object:
+    (tmp_path / "killjobs.py").write_text(KILLED_MODULE)
+    monkeypatch.setenv("PA_TEST_DB", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    import importlib
+
+    sys.modules.pop("killjobs", None)
+    return importlib.import_module("killjobs")
+
+
+def run_killed(tmp_path: Path, point: str, code: str) -> None:
+    caller = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, HOOKS: f"{point}=kill"},
+                            capture_output=True, text=True, timeout=120)
+    assert caller.returncode == -9, (point, caller.stdout, caller.stderr)  # killed at the point, not before
+
+
+@pytest.mark.parametrize("point", ["job_created", "launch_submitted", "launch_recorded"])
+def test_a_caller_killed_while_submitting_never_leaves_the_job_running_forever(tmp_path, monkeypatch, point):
+    jobs = import_killed_module(tmp_path, monkeypatch)
+    run_killed(tmp_path, point, "import killjobs; killjobs.killed('no-flag')")
+    job = until_stopped(tmp_path, "1_killed")  # the launch ran by itself, or is known never to have started
+    state = job.state()
+    if point == "job_created":  # killed before its first launch started: a plain call launches it
+        assert state.status == "not_launched" and "was never started" in state.latest.message
+        assert jobs.killed("no-flag") is None
+    result = wait(jobs.killed)("no-flag")
+    assert result.count == 8 and list(result.successful_run_ids) == list(range(8))
+    assert Job.load(1, tmp_path).files.attempts() == ([1, 2] if point == "job_created" else [1])
+
+
+@pytest.mark.parametrize("point", ["state_read", "launch_created", "launch_submitted", "launch_recorded"])
+def test_a_caller_killed_while_resubmitting_never_leaves_the_job_running_forever(tmp_path, monkeypatch, point):
+    jobs = import_killed_module(tmp_path, monkeypatch)
+    flag = tmp_path / "flag"
+    flag.touch()
+    with pytest.warns(RunsFailedWarning, match="2 / 8 runs failed"):
+        wait(jobs.killed)(str(flag))
+    flag.unlink()
+    run_killed(tmp_path, point, f"import killjobs; from parallelaverage import re_submit; "
+                                f"re_submit(killjobs.killed)({str(flag)!r})")
+    job = until_stopped(tmp_path, "1_killed")
+    launched = point in ("launch_submitted", "launch_recorded")  # mpiexec was started before the kill
+    if not launched:
+        # nothing runs: cancel has nothing to do, and re_submit is not refused as "still running"
+        assert job.state().status == "completed" and len(job.state().failed) == 2
+        re_submit(jobs.killed)(str(flag))
+    result = wait(jobs.killed)(str(flag))
+    assert result.count == 8 and list(result.successful_run_ids) == list(range(8)) and result.failed_run_ids == []
+    expected = {"state_read": [1, 2], "launch_created": [1, 2, 3]}.get(point, [1, 2])
+    assert job.files.attempts() == expected
+
+
+# --------------------------------------------------------------------- what a kill loses
+PROMISE_S = 2.0  # the default: the first snapshot after a rank's first run, then every 2 s
+
+
+@pytest.mark.parametrize("victim", ["rank", "mpiexec"])
+def test_a_kill_loses_at_most_the_last_snapshot_interval_of_each_rank_at_the_default_settings(tmp_path, victim):
+    """docs/reliability.md's promise, at the default snapshot settings: every run a rank
+    finished more than one interval before the kill is kept, and so is each rank's first."""
+    from pa_testing import launch_pid, process_tree, rank_pids
+
+    log = tmp_path / "finished.log"
+
+    @parallel_average(N_runs=400, N_tasks=4, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def timed(log_path):
+        time.sleep(0.1)
+        with open(log_path, "a") as f:  # what finished when, outside the library
+            f.write(f"{pa.run_id()} {os.getpid()} {time.time()}\n")
+        return float(pa.run_id())
+
+    timed(str(log))
+    deadline = time.monotonic() + 60
+    while True:  # until every rank has finished several runs (its first snapshot is then written)
+        lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+        per_rank: dict[str, int] = {}
+        for _, pid, _ in lines:
+            per_rank[pid] = per_rank.get(pid, 0) + 1
+        if len(per_rank) == 4 and min(per_rank.values()) >= 5 and time.monotonic() > deadline - 57:
+            break
+        assert time.monotonic() < deadline, per_rank
+        time.sleep(0.05)
+    launcher = launch_pid(tmp_path, "1_timed")
+    if victim == "rank":
+        target = rank_pids(launcher)[1]  # MPICH then takes every rank down
+    else:
+        target = next(pid for pid in process_tree(launcher)
+                      if b"mpiexec" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0])
+    killed_at = time.time()
+    os.kill(target, 9)
+    until_stopped(tmp_path, "1_timed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dont_submit(timed)(str(log))
+    kept = set(result.successful_run_ids)
+    finished = [(int(run), pid, float(when)) for run, pid, when in
+                (line.split() for line in log.read_text().splitlines())]
+    old = {run for run, _, when in finished if when < killed_at - PROMISE_S - 1.0}  # 1 s for the write itself
+    assert old <= kept, f"runs finished > {PROMISE_S} s before the kill were lost: {sorted(old - kept)}"
+    first_of_rank = {}
+    for run, pid, when in finished:
+        first_of_rank.setdefault(pid, run)
+    assert set(first_of_rank.values()) <= kept, "a rank's first snapshot comes after its first run"
+    lost = [(run, when) for run, _, when in finished if run not in kept]
+    assert all(when >= killed_at - PROMISE_S - 1.0 for _, when in lost)
+    print(f"{victim} killed: {len(finished)} runs finished, {len(kept)} kept, {len(lost)} lost "
+          f"(all within the last {PROMISE_S:g} s of their rank)")
