@@ -252,7 +252,7 @@ def _failure_text(summary: dict[str, Any]) -> list[str]:
     if summary["failed_runs"]:
         first = summary["first_failure"]
         run = tuple(first["run"]) if isinstance(first["run"], list) else first["run"]
-        parts.append(f"{len(summary['failed_runs'])} runs failed: {ids_text(summary['failed_runs'])}\n"
+        parts.append(f"{summary['runs']['failed']} runs failed: {ids_text(summary['failed_runs'])}\n"
                      f"the first failure (run {run}):\n{indent(first['traceback'])}")
     if summary["fatal"]:
         parts.append(f"the job could not start its runs:\n{indent(summary['fatal'])}")

@@ -301,7 +301,7 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
                 f"launch {attempt} exited with code {exit_code}{_exit_meaning(exit_code)} without writing its "
                 f"result (see {files.stderr(attempt)}); the ranks' snapshots were merged instead")
         for rank in ranks:
-            if rank.error:
+            if rank.error and message is None:
                 problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
     elif phase in LIVE_PHASES:
         for rank in ranks:
@@ -377,6 +377,4 @@ def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float
         status = "not_launched"
     else:
         status = "ended"
-    if status == "completed":
-        fatal = None
     return JobState(status, space, tally, done, failed, crashed, pending, missing, launches, problems, fatal)

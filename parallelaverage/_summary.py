@@ -127,6 +127,20 @@ def result_summary(result: Any) -> dict[str, Any] | None:
             "elements": [_element_summary(e) for e in elements]}
 
 
+LISTED_IDS = 1000
+"""``show --json`` lists at most this many failed, missing and crashed run ids (the counts
+are in ``runs``): a job of 10**9 runs must not print 10**9 ids."""
+
+
+def _first_ids(ids: Any) -> list[Any]:
+    listed = []
+    for run in ids:
+        if len(listed) >= LISTED_IDS:
+            break
+        listed.append(encode_run_id(run))
+    return listed
+
+
 def launch_summary(launch: LaunchState) -> dict[str, Any]:
     """One launch of ``parallelaverage show --json``: its phase, backend, exit code and message."""
     return {
@@ -139,16 +153,15 @@ def launch_summary(launch: LaunchState) -> dict[str, Any]:
 
 def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
     """The keys of ``parallelaverage show --json``: everything about one job."""
-    failed = list(state.failed.items())
     first = state.failed.first()
     return {
         **job_summary(job.record),
         "folder": str(job.files.dir),
         "options": job.record.options,
-        "failed_runs": [encode_run_id(run) for run, _ in failed],
-        "missing_runs": [encode_run_id(run) for run in state.missing],
+        "failed_runs": _first_ids(state.failed),
+        "missing_runs": _first_ids(state.missing),
         "first_failure": {"run": encode_run_id(first[0]), "traceback": first[1]} if first else None,
-        "crashed_runs": [encode_run_id(run) for run in state.space.ids(state.crashed)],
+        "crashed_runs": _first_ids(state.space.ids(state.crashed)),
         "launches": [launch_summary(launch) for launch in state.launches],
         "fatal": state.fatal,
         "problems": list(state.problems),

@@ -184,6 +184,8 @@ class Job:
             why = f"\n{state.fatal}" if state.fatal else ""
             warn(f"{self.name}: {how} with {len(state.missing_positions)} of {total} runs missing; use re_submit "
                  f"to run them{why}", JobEndedWarning)
+        elif state.fatal and state.status == "completed":  # a re-submission that ran nothing
+            warn(f"{self.name}: {state.fatal}", JobEndedWarning)
 
     def wait(self, poll_s: float = 0.01, max_poll_s: float = 1.0, progress: bool = True,
              timeout_s: float | None = None) -> Any:

@@ -27,6 +27,7 @@ Knows nothing of decorators or the job database.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -54,6 +55,10 @@ SNAPSHOT_MIN_INTERVAL_S = float(os.environ.get("PARALLELAVERAGE_SNAPSHOT_INTERVA
 """Shortest time between two snapshots of a rank (the environment variable is for tests)."""
 SNAPSHOT_MAX_INTERVAL_S = 60.0
 """Longest time between two snapshots of a rank, however slow a snapshot is to write."""
+FINAL_WRITE_PATIENCE_S = float(os.environ.get("PARALLELAVERAGE_FINAL_WRITE_PATIENCE_S", "600"))
+"""How long a rank keeps trying to write its last snapshot (and rank 0 the result) when
+the file system refuses (full, over quota): finished runs exist only in its memory, and a
+full disk is often freed by its user within minutes."""
 SNAPSHOT_COST_FACTOR = 100.0
 """The interval is at least this many times the last snapshot's write time: writing
 snapshots costs a rank at most 1 % of its time."""
@@ -251,9 +256,9 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
     clock = SnapshotClock()
     now = time.monotonic
 
-    def snapshot() -> None:
+    def snapshot() -> bool:
         """Write the tally; a rank that cannot (disk full) says why in its status and
-        goes on, trying again at the next interval."""
+        goes on, trying again at the next interval. Returns whether it was written."""
         checkpoints.busy = True
         started = now()
         try:
@@ -261,14 +266,15 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
                 writer.flush()  # outputs are durable before a snapshot names their runs
             write_pickle(snapshot_path, recorder.tally)
         except OSError as error:
-            message = f"cannot write its snapshot {snapshot_path}: {error.strerror or error}"
-            status.set_error(message)
-            print(f"[parallelaverage] rank {rank} {message}", file=sys.stderr, flush=True)
+            report_write_error(status, rank, f"cannot write its snapshot {snapshot_path}", error)
+            written = False
         else:
             status.clear_error()
             status.snapshot_written()
+            written = True
         clock.written(started, now())
         checkpoints.busy = False
+        return written
 
     checkpoints.snapshot = snapshot
     slots = status.slots
@@ -294,13 +300,42 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
         if checkpoints.requested or clock.due(now()):
             snapshot()
             checkpoints.requested = False
-    snapshot()
+    patiently(snapshot)
     if writer is not None:
         writer.close()
     return recorder.tally
 
 
-def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any) -> None:
+def report_write_error(status: RankStatus, rank: int, what: str, error: OSError) -> None:
+    """Say why a write failed where the caller looks (the status record, whose space
+    exists) and on stderr if it can still be written."""
+    message = f"{what}: {error.strerror or error}"
+    status.set_error(message)
+    status.flush()
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return  # stderr is probably on the same full file system, and mpiexec dies of a failed write
+    try:
+        print(f"[parallelaverage] rank {rank} {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def patiently(write: Any, patience_s: float | None = None) -> bool:
+    """Call ``write()`` (which returns whether it succeeded) until it does, with growing
+    pauses, for at most ``patience_s``: the last snapshot and the result hold runs that
+    exist nowhere else."""
+    patience_s = FINAL_WRITE_PATIENCE_S if patience_s is None else patience_s
+    deadline = time.monotonic() + patience_s
+    pause_s = 0.5
+    while not write():
+        if time.monotonic() + pause_s > deadline:
+            return False
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 10.0)
+    return True
+
+
+def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, status: RankStatus) -> None:
     """Merge every rank's tally (statistics by allreduce, one per layout and element);
     rank 0 writes the launch's result."""
     from parallelaverage import mpi
@@ -327,7 +362,18 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any) -> N
     for layout, accumulators in zip(layouts, groups):
         if layout in by_layout:
             by_layout[layout].accumulators = accumulators
-    write_pickle(files.result(attempt), result)
+
+    def write_result() -> bool:
+        try:
+            write_pickle(files.result(attempt), result)
+        except OSError as error:
+            report_write_error(status, 0, f"cannot write the launch's result {files.result(attempt)}", error)
+            return False
+        status.clear_error()
+        return True
+
+    if not patiently(write_result):
+        raise OSError(f"gave up writing {files.result(attempt)} after {FINAL_WRITE_PATIENCE_S:g} s")
 
 
 def _load_payload(files: JobFiles) -> Payload:
@@ -370,7 +416,7 @@ def main(argv: list[str]) -> int:
         return _fatal(files, attempt, rank, status, comm)
     status.set_stage("merging")
     try:
-        merge_and_write(files, attempt, tally, comm)
+        merge_and_write(files, attempt, tally, comm, status)
     except Exception:
         # every run is in the snapshots, which the caller merges instead; the
         # traceback and the exit code tell it why it has to
