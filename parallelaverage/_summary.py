@@ -133,7 +133,7 @@ are in ``runs``): a job of 10**9 runs must not print 10**9 ids."""
 
 
 def _first_ids(ids: Any) -> list[Any]:
-    listed = []
+    listed: list[Any] = []
     for run in ids:
         if len(listed) >= LISTED_IDS:
             break
