@@ -24,6 +24,7 @@ from parallelaverage.job import Job, prefetch_states
 from parallelaverage._state import JobState
 from parallelaverage._progress import ProgressBar, progress_text
 from parallelaverage._summary import detail_summary, job_summary, status_summary, total_runs
+from parallelaverage.errors import LaunchError, RunsFailedError, SubmissionError
 from parallelaverage.jobdb import LIVE_STATUSES, STATUSES, JobDatabase, JobNotFoundError, JobRecord
 from parallelaverage.jobdb.database import DB_DIRNAME
 from parallelaverage.jobdb.records import JOB_NAME_PATTERN
@@ -240,8 +241,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _read_result(job: Job, state: JobState) -> Any:
+    """The job's result, or None: when it has none (the queue refused it, its launch ran
+    nothing, every run failed) ``show`` and ``wait`` print why from the state instead."""
     try:
         return job.result(state, report=False)
+    except (SubmissionError, LaunchError, RunsFailedError):
+        return None
     except (OSError, ValueError) as error:
         warn(f"{job.name}: cannot read its result: {' '.join(str(error).split())}")
         return None
@@ -255,7 +260,9 @@ def _failure_text(summary: dict[str, Any]) -> list[str]:
         parts.append(f"{summary['runs']['failed']} runs failed: {ids_text(summary['failed_runs'])}\n"
                      f"the first failure (run {run}):\n{indent(first['traceback'])}")
     if summary["fatal"]:
-        parts.append(f"the job could not start its runs:\n{indent(summary['fatal'])}")
+        heading = {"submit_failed": "the queue refused the job's launch",
+                   "not_launched": "the job was never launched"}.get(summary["status"], "the job could not start its runs")
+        parts.append(f"{heading}:\n{indent(summary['fatal'])}")
     return parts
 
 

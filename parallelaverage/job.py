@@ -162,7 +162,8 @@ class Job:
             raise SubmissionError(f"job {self.name} was never launched: {latest.message}. Fix the cause and "
                                   "call the function again (without @dont_submit) to submit it again")
         if state.fatal and state.status == "ended":
-            raise LaunchError(f"job {self.name}: {state.fatal}")
+            raise LaunchError(f"job {self.name}: {state.fatal}\nOnce the cause is fixed (a launch option such as "
+                              "mpi= or launcher=, the job's environment), re_submit the call to launch its runs again")
 
     def report(self, state: JobState) -> None:
         """Warn about what the caller should know: pending, failed, crashed, missing runs."""
@@ -267,12 +268,18 @@ class Job:
         info = {**info, "backend": backend.name, "n_tasks": n_tasks, "queue_options": dict(queue_options)}
         _testhooks.hook("launch_submitted")
         atomic_write_bytes(self.files.launch(attempt), json.dumps(info).encode())
-        if self.files.cancel_request(attempt).exists():  # a cancel came while the launch was made
+        # A cancel that came while the launch was made wrote its marker before reading
+        # launch.json; this reads the marker after writing launch.json: one of the two
+        # sees the other, so the launch is stopped by one of them (or by both).
+        cancelled = self.files.cancel_request(attempt).exists()
+        if cancelled:
             backend.cancel(self.files, attempt, info)
+            say(f"job {self.name} was cancelled while launch {attempt} was being made: "
+                f"stopped {backend.describe(info)}")
         _testhooks.hook("launch_recorded")
         try:
-            self.record = self.db.update(self.name, status="running", queue=backend.name,
-                                         queue_job_id=str(info.get("job_id", info.get("pid"))))
+            self.record = self.db.update(self.name, status="cancelled" if cancelled else "running",
+                                         queue=backend.name, queue_job_id=str(info.get("job_id", info.get("pid"))))
         except OSError:
             pass
         return attempt

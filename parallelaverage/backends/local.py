@@ -121,6 +121,9 @@ class LocalBackend(Backend):
         pid = int(started.stdout.split()[-1])
         return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "command": command}
 
+    def describe(self, launch: Mapping[str, Any]) -> str:
+        return f"local launch (pid {launch.get('pid', '?')})"
+
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
         """Running while the wrapper, mpiexec or any rank lives: a rank or an mpiexec that
         outlives a killed wrapper still claims runs and writes snapshots."""
