@@ -35,7 +35,8 @@ from parallelaverage._jobdir import Creator, JobFiles, LaunchPlan
 from parallelaverage._rankstatus import RankInfo, read_rank_status
 from parallelaverage._tally import Tally
 from parallelaverage._trust import load_pickle
-from parallelaverage.backends.base import Backend, backend_named
+from parallelaverage.backends import backend_named
+from parallelaverage.backends.base import Backend
 from parallelaverage.errors import UntrustedFileError
 from parallelaverage.runspace import Positions, RunIds, RunSpace
 

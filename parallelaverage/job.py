@@ -35,7 +35,7 @@ from parallelaverage._atomic import atomic_write_bytes, host_tag
 from parallelaverage._jobdir import Creator, JobFiles, LaunchPlan
 from parallelaverage._outputs import OutputIndex
 from parallelaverage._state import JobState, read_job_state
-from parallelaverage.backends.base import backend_named
+from parallelaverage.backends import backend_named
 from parallelaverage.errors import (
     JobEndedWarning, JobWarning, LaunchError, NotReadyWarning, RunsFailedError, RunsFailedWarning,
     SubmissionError, say, warn,

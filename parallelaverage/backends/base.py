@@ -1,19 +1,32 @@
-"""What a queue backend provides: the few hooks that differ between local and SLURM.
+"""What every queue backend shares, and the few hooks each fills.
 
-Everything else (job files, snapshots, merging, status) is shared. A launch is one
-start of a job's MPI ranks; a job has a first launch and one more per ``re_submit``.
+A launch is one start of a job's MPI ranks; a job has a first launch and one more per
+re-submission. Submitting a launch is the same for every backend (a template method,
+as in submitit): render a script, write it into the launch folder, run the submit
+command through one retrying runner, read what identifies the launch from its output.
+A backend fills the hooks — :meth:`Backend.render`, :meth:`Backend.submit_argv`,
+:meth:`Backend.parse_submission` — and says how to watch (:meth:`Backend.states`) and
+stop (:meth:`Backend.cancel`) its launches. Everything else (job files, snapshots,
+merging, status) is shared above this layer.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Pattern, Sequence
 
+from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage._jobdir import JobFiles
+from parallelaverage.errors import say
 
-__all__ = ["Backend", "LaunchState", "worker_argv", "backend_named", "BACKENDS"]
+__all__ = ["Backend", "LaunchState", "worker_argv", "worker_environment"]
 
 # Plain ``python -m`` puts the working directory first on sys.path, so that a source
 # checkout there (without its compiled extension) would shadow the installed package:
@@ -28,19 +41,143 @@ def worker_argv(python: str, job_dir: str | os.PathLike[str], attempt: int) -> l
         return [python, "-P", "-m", "parallelaverage.worker", *job]
     return [python, "-c", _WORKER_MAIN, *job]
 
+
+def worker_environment() -> dict[str, str]:
+    """The caller's environment plus its ``sys.path`` as ``PYTHONPATH``, so that the ranks
+    import the function's module as the caller does."""
+    paths = [os.path.abspath(p or os.getcwd()) for p in sys.path if os.path.isdir(p or os.getcwd())]
+    existing = os.environ.get("PYTHONPATH")
+    pythonpath = os.pathsep.join(dict.fromkeys(paths + ([existing] if existing else [])))
+    return {**os.environ, "PYTHONPATH": pythonpath}
+
+
 LaunchState = str
 """``"running"`` (queued or executing), ``"ended"`` (gone, by itself or killed)."""
 
 
 class Backend(ABC):
-    """A way to start a job's ``N_tasks`` MPI ranks and to watch and stop them."""
+    """A way to start a job's ``N_tasks`` MPI ranks, and to watch and stop them."""
 
     name: str = ""
+    script_name: str = "launch.sh"
+    """The file name of the rendered script in the launch folder."""
+    retry_delays_s: tuple[float, ...] = ()
+    """Waits between tries of a command that failed transiently (none: one try)."""
+    command_timeout_s: float = 120.0
+    """A command that takes longer counts as a transient failure."""
+    transient_errors: Pattern[str] | None = None
+    """What a command prints when it failed for a passing reason, worth retrying."""
+    maybe_done_errors: Pattern[str] | None = None
+    """Of those, the failures that may have come after the command took effect."""
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Start launch ``attempt`` of the job; return what identifies it (stored in ``launch.json``).
+
+        Renders the script (:meth:`render`), writes it to the launch folder, runs the
+        submit command (:meth:`submit_argv`) through :meth:`run_command`, and reads the
+        launch's identity from its output (:meth:`parse_submission`).
+
+        Raises:
+            ValueError: a bad option or template (before anything is started).
+            RuntimeError: the submit command failed (after retries); the message holds
+                its error output.
+        """
+        script = self.render(files, attempt, n_tasks, options)
+        path = files.attempt_dir(attempt) / self.script_name
+        atomic_write_bytes(path, script.encode())
+        os.chmod(path, stat.S_IRWXU)
+        argv = self.submit_argv(files, attempt, path)
+        done, tries = self.run_command(argv, env=self.submit_env(files, attempt, options),
+                                       already_done=lambda: self.submitted(files, attempt, path))
+        if done.returncode != 0:
+            raise self.failure(f"{Path(argv[0]).name} {path}", done, tries)
+        return {"backend": self.name, **self.parse_submission(done.stdout, files, attempt, path), "script": str(path)}
 
     @abstractmethod
-    def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Start launch ``attempt`` of the job; return what identifies it (stored in launch.json)."""
+    def render(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> str:
+        """The launch's script (the golden-file tests read this)."""
 
+    @abstractmethod
+    def submit_argv(self, files: JobFiles, attempt: int, script: Path) -> list[str]:
+        """The command that submits (or starts) the written script."""
+
+    @abstractmethod
+    def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
+        """What identifies the launch, from the submit command's standard output.
+
+        Raises:
+            RuntimeError: the output holds no identity.
+        """
+
+    def submit_env(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> dict[str, str] | None:
+        """The environment of the submit command (None: the caller's)."""
+        return None
+
+    def submitted(self, files: JobFiles, attempt: int, script: Path) -> str | None:
+        """The submit command's output if it took effect although its answer was lost
+        (only asked after a failure matching :attr:`maybe_done_errors`)."""
+        return None
+
+    # ------------------------------------------------------------------ commands
+    def run_once(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command once; a timeout becomes a failed result, not an exception.
+
+        Raises:
+            RuntimeError: the command is not installed; the message says what to do.
+        """
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=self.command_timeout_s,
+                                  stdin=subprocess.DEVNULL, check=False, env=env, start_new_session=True)
+        except FileNotFoundError:
+            raise RuntimeError(self.missing_command(argv[0])) from None
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, -1, "", f"{argv[0]} timed out after {self.command_timeout_s:g} s")
+
+    def missing_command(self, command: str) -> str:
+        return f"{command} not found"
+
+    def run_command(self, argv: list[str], *, env: dict[str, str] | None = None,
+                    already_done: Callable[[], str | None] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
+        """Run a command, retrying transient failures (:attr:`transient_errors`) with the
+        waits of :attr:`retry_delays_s`.
+
+        Args:
+            argv: the command.
+            env: its environment (None: the caller's).
+            already_done: for commands that must not run twice (a submission): called
+                before a retry when the failure may have come after the command took
+                effect; a non-None answer is taken as its output instead of retrying.
+
+        Returns:
+            The last result and the number of tries.
+        """
+        tries = 0
+        while True:
+            tries += 1
+            done = self.run_once(argv, env)
+            transient = self.transient_errors is not None and self.transient_errors.search(done.stderr)
+            if done.returncode == 0 or not transient or tries > len(self.retry_delays_s):
+                return done, tries
+            delay = self.retry_delays_s[tries - 1]
+            last_line = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
+            say(f"{argv[0]} failed ({last_line}); retrying in {delay:g} s", file=sys.stderr)
+            time.sleep(delay)
+            if already_done is not None and self.maybe_done_errors is not None \
+                    and self.maybe_done_errors.search(done.stderr):
+                output = already_done()
+                if output is not None:
+                    say(f"{argv[0]} had succeeded after all: {output}", file=sys.stderr)
+                    return subprocess.CompletedProcess(argv, 0, output, ""), tries
+
+    def failure(self, what: str, done: subprocess.CompletedProcess[str], tries: int) -> RuntimeError:
+        """The error of a command that failed for good, with its output."""
+        message = f"{what} failed (exit status {done.returncode}"
+        message += f", {tries} tries)" if tries > 1 else ")"
+        message += f":\n{done.stderr.strip() or done.stdout.strip() or '(no output)'}"
+        return RuntimeError(message)
+
+    # ------------------------------------------------------------------ watching
     @abstractmethod
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> LaunchState:
         """Whether the launch is still ``"running"`` or has ``"ended"``."""
@@ -64,22 +201,5 @@ class Backend(ABC):
         return ", ".join(f"{k} {v}" for k, v in launch.items() if k != "backend")
 
 
-BACKENDS = ("local", "slurm")
-"""The backends' names, as recorded per launch."""
-
-
-def backend_named(name: str) -> Backend:
-    """The backend object for a queuing system name (``"local"`` or ``"slurm"``).
-
-    Raises:
-        ValueError: an unknown name.
-    """
-    if name == "local":
-        from parallelaverage.backends.local import LocalBackend
-
-        return LocalBackend()
-    if name == "slurm":
-        from parallelaverage.backends.slurm import SlurmBackend
-
-        return SlurmBackend()
-    raise ValueError(f"unknown queuing system {name!r}; the backends are {', '.join(BACKENDS)}")
+def compile_errors(pattern: str) -> Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)

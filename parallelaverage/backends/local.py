@@ -1,17 +1,19 @@
 """The local backend: ``mpiexec -n N_tasks`` on this machine, detached from the caller.
 
-The launcher runs in a session of its own, orphaned at once (init adopts and reaps
-it), so it outlives the calling script and the caller never holds a child process.
-A tiny shell wrapper records mpiexec's exit status in the launch directory when it
-ends. A launch is running while that file is missing and its wrapper process
-(identified by pid *and* start time, against pid reuse) is alive.
+A launch is a small shell script, ``attempts/<k>/launch.sh`` (a golden file pins it),
+that exports what the ranks need, runs mpiexec, records mpiexec's pid and, when it
+ends, its exit status (atomically). The script runs in a session of its own, orphaned
+at once (init adopts and reaps it), so it outlives the calling script and the caller
+never holds a child process. A launch is running while its exit status is missing and
+its script's process (identified by pid *and* start time, against pid reuse), its
+mpiexec or any of its ranks is alive.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,16 +22,40 @@ from typing import Any, Mapping
 from parallelaverage._jobdir import JobFiles
 from parallelaverage._rankstatus import process_start_ticks as _start_ticks
 from parallelaverage._rankstatus import read_rank_status
-from parallelaverage.backends.base import Backend, worker_argv
+from parallelaverage.backends.base import Backend, worker_argv, worker_environment
 from parallelaverage.backends.mpiexec import mpiexec_command
 
-__all__ = ["LocalBackend", "worker_environment"]
+__all__ = ["LocalBackend", "render_local_script", "live_ranks"]
 
-# Runs the launcher, records its pid, then writes its exit status atomically (tmp + mv).
-_WRAPPER = ('"$@" & child=$!; echo "$child" > "$PID_FILE"; wait "$child"; code=$?; '
-            'echo "$code" > "$EXIT_FILE.tmp" && mv "$EXIT_FILE.tmp" "$EXIT_FILE"; exit $code')
-# Starts the wrapper in the background and prints its pid, then exits: the wrapper is orphaned.
-_DETACH = '/bin/sh -c "$WRAPPER" sh "$@" </dev/null >>"$OUT_FILE" 2>>"$ERR_FILE" & echo $!'
+# Starts the script in the background with its output appended to the launch's files,
+# prints its pid, then exits: the script is orphaned.
+_DETACH = 'sh "$1" </dev/null >>"$2" 2>>"$3" & echo $!'
+
+_SCRIPT = """\
+#!/bin/sh
+# parallelaverage job {job_name}, launch {attempt}: {n_tasks} MPI ranks on this machine
+{exports}
+{launch} &
+child=$!
+echo "$child" > {pid_file}
+wait "$child"
+code=$?
+echo "$code" > {exit_file}.tmp && mv -f {exit_file}.tmp {exit_file}
+exit "$code"
+"""
+
+
+def render_local_script(files: JobFiles, attempt: int, n_tasks: int, *, python: str, pythonpath: str,
+                        mpiexec: str | None = None) -> str:
+    """The script of a local launch: environment, mpiexec, pid and exit status."""
+    command, extra_env = mpiexec_command(n_tasks, worker_argv(python, files.dir, attempt), mpiexec)
+    exports = {"PYTHONPATH": pythonpath, **extra_env}
+    return _SCRIPT.format(
+        job_name=files.dir.name, attempt=attempt, n_tasks=n_tasks,
+        exports="\n".join(f"export {name}={shlex.quote(value)}" for name, value in exports.items()),
+        launch=shlex.join(command), pid_file=shlex.quote(str(launcher_pid_file(files, attempt))),
+        exit_file=shlex.quote(str(files.exit_code(attempt))),
+    )
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -94,32 +120,30 @@ def live_ranks(files: JobFiles, attempt: int) -> list[int]:
     return alive
 
 
-def worker_environment() -> dict[str, str]:
-    """The caller's environment plus its ``sys.path``, so the function's module imports."""
-    paths = [os.path.abspath(p or os.getcwd()) for p in sys.path if os.path.isdir(p or os.getcwd())]
-    existing = os.environ.get("PYTHONPATH")
-    pythonpath = os.pathsep.join(dict.fromkeys(paths + ([existing] if existing else [])))
-    return {**os.environ, "PYTHONPATH": pythonpath}
-
-
 class LocalBackend(Backend):
     """Start the ranks with the ``mpiexec`` of the active environment."""
 
     name = "local"
+    script_name = "launch.sh"
 
-    def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        command, extra_env = mpiexec_command(n_tasks, worker_argv(sys.executable, files.dir.resolve(), attempt))
-        env = {
-            **worker_environment(), **extra_env, "WRAPPER": _WRAPPER,
-            "EXIT_FILE": str(files.exit_code(attempt).resolve()),
-            "PID_FILE": str(launcher_pid_file(files, attempt).resolve()),
-            "OUT_FILE": str(files.stdout(attempt).resolve()), "ERR_FILE": str(files.stderr(attempt).resolve()),
-        }
-        # a session of its own: no SIGHUP or Ctrl-C of the caller reaches the job
-        started = subprocess.run(["/bin/sh", "-c", _DETACH, "sh", *command], env=env, check=True,
-                                 capture_output=True, text=True, start_new_session=True)
-        pid = int(started.stdout.split()[-1])
-        return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "command": command}
+    def render(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> str:
+        resolved = JobFiles(files.dir.resolve())
+        return render_local_script(resolved, attempt, n_tasks, python=sys.executable,
+                                   pythonpath=worker_environment()["PYTHONPATH"])
+
+    def submit_argv(self, files: JobFiles, attempt: int, script: Path) -> list[str]:
+        return ["/bin/sh", "-c", _DETACH, "sh", str(script.resolve()), str(files.stdout(attempt).resolve()),
+                str(files.stderr(attempt).resolve())]
+
+    def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
+        words = output.split()
+        if not words or not words[-1].isdigit():
+            raise RuntimeError(f"starting {script} printed no process id: {output!r}")
+        pid = int(words[-1])
+        return {"pid": pid, "start_ticks": _start_ticks(pid)}
+
+    def missing_command(self, command: str) -> str:
+        return f"{command} not found: the local backend needs a POSIX shell"
 
     def describe(self, launch: Mapping[str, Any]) -> str:
         return f"local launch (pid {launch.get('pid', '?')})"

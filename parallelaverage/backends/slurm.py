@@ -20,68 +20,19 @@ Notes:
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import subprocess
-import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage._jobdir import JobFiles
-from parallelaverage.backends.base import Backend, worker_argv
-from parallelaverage.backends.local import worker_environment
-from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_command
-from parallelaverage.backends.slurm_options import (
-    BACKEND_OPTIONS, SHORT_OPTIONS, check_line, check_slurm_options,
-)
+from parallelaverage.backends.base import Backend
+from parallelaverage.backends.slurm_options import check_slurm_options
+from parallelaverage.backends.slurm_script import ScriptInputs, load_template, render_script, template_path
 
-__all__ = [
-    "SlurmBackend", "ScriptInputs", "render_script", "load_template", "template_path",
-    "DEFAULT_TEMPLATE", "PLACEHOLDERS", "DEFAULT_SIGNAL", "RUNNING_STATES", "TERMINAL_STATES",
-]
-
-DEFAULT_SIGNAL = "USR1@60"
-"""``--signal`` unless the user sets ``signal``: the ranks checkpoint 60 s before the time limit."""
-
-DEFAULT_TEMPLATE = """\
-#!/bin/bash
-{{sbatch_options}}
-
-# parallelaverage job {{job_name}}, launch {{attempt}}: {{n_tasks}} MPI ranks
-{{setup}}
-{{environment}}
-exit_file={{exit_code_file}}
-{{launch}}
-code=$?
-echo "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"
-exit "$code"
-"""
-"""The built-in job script. ``{{name}}`` are placeholders (:data:`PLACEHOLDERS`)."""
-
-PLACEHOLDERS: Mapping[str, str] = {
-    "sbatch_options": "every #SBATCH line: ours (ntasks, job-name, output, error, chdir, signal) "
-                      "then the user's options (required)",
-    "setup": "the 'setup' option's lines (a line holding only this disappears when there are none)",
-    "environment": "export lines: PYTHONPATH = the caller's sys.path, and what the launcher needs",
-    "launch": "the launch command: srun (or mpiexec) running the worker",
-    "worker": "the worker command alone: <python> -P -m parallelaverage.worker <job dir> <launch>",
-    "exit_code_file": "the file the script must write the launch's exit status to (shell-quoted)",
-    "job_name": "the job's name, e.g. 3_simulate",
-    "job_dir": "the job directory (shell-quoted)",
-    "attempt": "the launch number: 1, then 2, ... per re_submit",
-    "n_tasks": "the number of MPI ranks",
-    "python": "the caller's Python interpreter (shell-quoted)",
-}
-"""What each ``{{placeholder}}`` of a job script template becomes."""
-
-_REQUIRED_PLACEHOLDERS = ("sbatch_options",)
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_SBATCH_PLAIN = re.compile(r"[A-Za-z0-9_.,:/=+@%^~*\[\]-]+")
+__all__ = ["SlurmBackend", "RUNNING_STATES", "TERMINAL_STATES"]
 
 RUNNING_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING",
@@ -116,180 +67,7 @@ _SQUEUE_CHUNK = 500  # job ids per squeue call, far below any command-line limit
 _SEEN_RUNNING: dict[str, float] = {}
 
 
-# --------------------------------------------------------------------------- the script
-def template_path() -> Path:
-    """Where a user's job script template is looked for.
-
-    ``$PARALLELAVERAGE_CONFIG_DIR/slurm.sbatch`` if that variable is set, else
-    ``$XDG_CONFIG_HOME/parallelaverage/slurm.sbatch`` (``~/.config`` by default).
-    """
-    configured = os.environ.get("PARALLELAVERAGE_CONFIG_DIR")
-    if configured:
-        return Path(configured) / "slurm.sbatch"
-    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(config_home) / "parallelaverage" / "slurm.sbatch"
-
-
-def load_template() -> tuple[str, Path | None]:
-    """The job script template and the file it came from (None: the built-in one)."""
-    path = template_path()
-    try:
-        return path.read_text(), path
-    except FileNotFoundError:
-        return DEFAULT_TEMPLATE, None
-
-
-def _sbatch_value(text: str) -> str:
-    """A value as sbatch reads it on an ``#SBATCH`` line: double quotes unless plain.
-
-    sbatch splits ``#SBATCH`` lines at blanks, takes ``#`` as the start of a comment
-    and honours double quotes and backslash escapes, so anything beyond a plain word
-    is quoted.
-    """
-    if _SBATCH_PLAIN.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _sbatch_option(name: str, value: Any) -> str | None:
-    """One ``#SBATCH`` line for a user option; None for ``False`` (option left out)."""
-    if value is False:
-        return None
-    flag = f"-{name}" if name in SHORT_OPTIONS else f"--{name.replace('_', '-')}"
-    if value is True:
-        return f"#SBATCH {flag}"
-    text = _sbatch_value(check_line(name, str(value)))
-    return f"#SBATCH {flag} {text}" if name in SHORT_OPTIONS else f"#SBATCH {flag}={text}"
-
-
-@dataclass(frozen=True)
-class ScriptInputs:
-    """Everything a job script is made from; :meth:`for_launch` reads it from the caller."""
-
-    job_dir: Path
-    attempt: int
-    n_tasks: int
-    options: Mapping[str, Any]
-    chdir: str
-    python: str
-    pythonpath: str
-    mpiexec: str = "mpiexec"
-    mpiexec_env: Mapping[str, str] = field(default_factory=dict)
-    mpiexec_args: tuple[str, ...] = ()
-
-    @classmethod
-    def for_launch(cls, files: JobFiles, attempt: int, n_tasks: int,
-                   options: Mapping[str, Any]) -> ScriptInputs:
-        """The inputs of a real launch: this Python, its ``sys.path``, the working directory."""
-        mpiexec, env, args = "mpiexec", {}, ()  # type: tuple[str, dict[str, str], tuple[str, ...]]
-        if options.get("launcher") == "mpiexec":
-            mpiexec = find_mpiexec()
-            _, env = mpiexec_command(n_tasks, [], mpiexec)
-            # Open MPI binds ranks to cores; with more ranks than cores it must not
-            args = ("--bind-to", "none") if mpi_flavour(mpiexec) == "openmpi" else ()
-        return cls(
-            job_dir=files.dir.resolve(), attempt=attempt, n_tasks=n_tasks, options=dict(options),
-            chdir=os.getcwd(), python=sys.executable, pythonpath=worker_environment()["PYTHONPATH"],
-            mpiexec=mpiexec, mpiexec_env=env, mpiexec_args=args,
-        )
-
-    @property
-    def files(self) -> JobFiles:
-        return JobFiles(self.job_dir)
-
-    def sbatch_lines(self) -> list[str]:
-        """Our ``#SBATCH`` lines, then one per user option (backend options excluded)."""
-        files = self.files
-        ours = {
-            "ntasks": self.n_tasks, "job_name": self.job_dir.name,
-            "output": files.stdout(self.attempt), "error": files.stderr(self.attempt),
-            "chdir": self.chdir,
-        }
-        if "signal" not in self.options:
-            ours["signal"] = DEFAULT_SIGNAL
-        lines = [_sbatch_option(name, str(value)) for name, value in ours.items()]
-        lines += [_sbatch_option(name, value) for name, value in self.options.items()
-                  if name not in BACKEND_OPTIONS]
-        return [line for line in lines if line is not None]
-
-    def setup_lines(self) -> list[str]:
-        setup = self.options.get("setup", ())
-        return [check_line("setup", line) for line in ([setup] if isinstance(setup, str) else setup)]
-
-    def environment_lines(self) -> list[str]:
-        lines = [f"export PYTHONPATH={shlex.quote(self.pythonpath)}"] if self.pythonpath else []
-        if self.options.get("launcher") == "mpiexec":
-            lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(self.mpiexec_env.items())]
-        return lines
-
-    def worker_command(self) -> str:
-        return shlex.join(worker_argv(self.python, self.job_dir, self.attempt))
-
-    def launch_command(self) -> str:
-        if self.options.get("launcher", "srun") == "mpiexec":
-            args = " ".join(shlex.quote(a) for a in self.mpiexec_args)
-            return f'{shlex.quote(self.mpiexec)} -n "$SLURM_NTASKS" {args + " " if args else ""}{self.worker_command()}'
-        mpi = check_line("mpi", str(self.options.get("mpi", "pmi2")))
-        # --export=ALL: the ranks get the script's environment (its PYTHONPATH, the setup
-        # lines' exports) even when the job has export=NONE or a list: srun would
-        # otherwise pass on only what sbatch exported (SLURM_EXPORT_ENV). mpiexec needs
-        # nothing: MPICH's and Open MPI's pass their own environment to the ranks.
-        srun = ["srun", f"--mpi={mpi}", "--export=ALL", "--kill-on-bad-exit=1"]
-        # since Slurm 22.05 srun no longer inherits the job's --cpus-per-task
-        cpus = self.options.get("cpus_per_task", self.options.get("c"))
-        if cpus not in (None, False, True):
-            srun.append(f"--cpus-per-task={cpus}")
-        return f"{shlex.join(srun)} {self.worker_command()}"
-
-
-def render_script(inputs: ScriptInputs, template: str = DEFAULT_TEMPLATE, source: Path | None = None) -> str:
-    """The job script for ``inputs``: the template with its ``{{placeholders}}`` filled.
-
-    A line that holds only a placeholder whose value is empty (no ``setup`` lines)
-    is left out.
-
-    Raises:
-        ValueError: an unknown placeholder or a missing required one (naming the
-            template file), or an option value with a control character.
-    """
-    where = f"job script template {source}" if source else "job script template"
-    used = set(_PLACEHOLDER.findall(template))
-    unknown = sorted(used - set(PLACEHOLDERS))
-    if unknown:
-        raise ValueError(f"{where}: unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)}; "
-                         f"the placeholders are {', '.join('{{' + p + '}}' for p in PLACEHOLDERS)}")
-    missing = [p for p in _REQUIRED_PLACEHOLDERS if p not in used]
-    if missing:
-        raise ValueError(f"{where}: must contain {', '.join('{{' + p + '}}' for p in missing)} "
-                         "(the #SBATCH lines that set the job's ranks and output files)")
-    files = inputs.files
-    values = {
-        "sbatch_options": "\n".join(inputs.sbatch_lines()),
-        "setup": "\n".join(inputs.setup_lines()),
-        "environment": "\n".join(inputs.environment_lines()),
-        "launch": inputs.launch_command(),
-        "worker": inputs.worker_command(),
-        "exit_code_file": shlex.quote(str(files.exit_code(inputs.attempt))),
-        "job_name": inputs.job_dir.name,
-        "job_dir": shlex.quote(str(inputs.job_dir)),
-        "attempt": str(inputs.attempt),
-        "n_tasks": str(inputs.n_tasks),
-        "python": shlex.quote(inputs.python),
-    }
-    lines = []
-    for line in template.splitlines():
-        alone = _PLACEHOLDER.fullmatch(line.strip())
-        if alone and not values[alone.group(1)]:
-            continue
-        lines.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], line))
-    return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------- the backend
-def _say(message: str) -> None:
-    print(f"[parallelaverage] {message}", file=sys.stderr, flush=True)
-
-
 class SlurmBackend(Backend):
     """Submit each launch as a SLURM batch job; follow it with ``squeue``; stop it with ``scancel``."""
 
@@ -303,93 +81,51 @@ class SlurmBackend(Backend):
     squeue_interval_s: float = 1.0
     """A job squeue said runs is not asked about again for this long (its exit_code file is)."""
 
-    # ------------------------------------------------------------------ commands
-    def _run_once(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=self.command_timeout_s,
-                                  stdin=subprocess.DEVNULL, check=False)
-        except FileNotFoundError:
-            raise RuntimeError(
-                f"{argv[0]} not found on PATH: queuing_system='slurm' needs SLURM's client commands "
-                "(sbatch, squeue, scancel); run on a login node of the cluster or use "
-                "queuing_system='local'"
-            ) from None
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, -1, "", f"{argv[0]} timed out after {self.command_timeout_s:g} s")
-
-    def _run(self, argv: list[str], already_done: Callable[[], str | None] | None = None
-             ) -> tuple[subprocess.CompletedProcess[str], int]:
-        """Run a SLURM client command, retrying transient failures with backoff.
-
-        Args:
-            argv: the command.
-            already_done: for commands that must not run twice (sbatch): called before a
-                retry when the failure may have come after the controller acted; a
-                non-None answer is taken as the command's output instead of retrying.
-
-        Returns:
-            The last result and the number of tries.
-        """
-        tries = 0
-        while True:
-            tries += 1
-            done = self._run_once(argv)
-            if done.returncode == 0 or not _TRANSIENT.search(done.stderr) or tries > len(self.retry_delays_s):
-                return done, tries
-            delay = self.retry_delays_s[tries - 1]
-            last_line = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
-            _say(f"{argv[0]} failed ({last_line}); retrying in {delay:g} s")
-            time.sleep(delay)
-            if already_done is not None and _MAYBE_DONE.search(done.stderr):
-                output = already_done()
-                if output is not None:
-                    _say(f"{argv[0]} had succeeded after all: {output}")
-                    return subprocess.CompletedProcess(argv, 0, output, ""), tries
-
-    @staticmethod
-    def _failure(what: str, done: subprocess.CompletedProcess[str], tries: int) -> RuntimeError:
-        message = f"{what} failed (exit status {done.returncode}"
-        message += f", {tries} tries)" if tries > 1 else ")"
-        message += f":\n{done.stderr.strip() or done.stdout.strip() or '(no output)'}"
-        if "configuration source" in done.stderr or "slurm.conf" in done.stderr:
-            message += ("\nNo SLURM configuration found: set SLURM_CONF to the cluster's slurm.conf, "
-                        "or use queuing_system='local'")
-        return RuntimeError(message)
+    script_name = "job.sbatch"
+    transient_errors = _TRANSIENT
+    maybe_done_errors = _MAYBE_DONE
 
     # ------------------------------------------------------------------ hooks
-    def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Write ``attempts/<k>/job.sbatch`` and submit it with ``sbatch --parsable``.
-
-        Returns:
-            ``{"backend": "slurm", "job_id": "<id>", "script": "<path>"}`` (and the
-            template file if it is the user's).
+    def render(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> str:
+        """The job script (``attempts/<k>/job.sbatch``), from the user's template if any.
 
         Raises:
             ValueError: a bad option or template (before anything is submitted).
-            RuntimeError: sbatch refused the job, or kept failing after retries; the
-                message holds sbatch's error output.
         """
         check_slurm_options(options)
         template, source = load_template()
-        script = render_script(ScriptInputs.for_launch(files, attempt, n_tasks, options), template, source)
-        path = files.attempt_dir(attempt) / "job.sbatch"
-        atomic_write_bytes(path, script.encode())
-        done, tries = self._run(["sbatch", "--parsable", str(path)],
-                                already_done=lambda: self._submitted(path, files.dir.name))
-        if done.returncode != 0:
-            raise self._failure(f"sbatch {path}", done, tries)
+        return render_script(ScriptInputs.for_launch(files, attempt, n_tasks, options), template, source)
+
+    def submit_argv(self, files: JobFiles, attempt: int, script: Path) -> list[str]:
+        return ["sbatch", "--parsable", str(script)]
+
+    def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
         # --parsable prints "<id>" or "<id>;<cluster>"
-        job_id = done.stdout.strip().splitlines()[-1].split(";")[0].strip() if done.stdout.strip() else ""
+        job_id = output.strip().splitlines()[-1].split(";")[0].strip() if output.strip() else ""
         if not job_id.isdigit():
-            raise RuntimeError(f"sbatch {path} printed no job id: {done.stdout!r} {done.stderr!r}")
-        info: dict[str, Any] = {"backend": self.name, "job_id": job_id, "script": str(path)}
-        if source is not None:
-            info["template"] = str(source)
+            raise RuntimeError(f"sbatch {script} printed no job id: {output!r}")
+        info: dict[str, Any] = {"job_id": job_id}
+        if template_path().exists():  # the user's template made this script
+            info["template"] = str(template_path())
         return info
+
+    def submitted(self, files: JobFiles, attempt: int, script: Path) -> str | None:
+        return self._submitted(script, files.dir.name)
+
+    def missing_command(self, command: str) -> str:
+        return (f"{command} not found on PATH: queuing_system='slurm' needs SLURM's client commands "
+                "(sbatch, squeue, scancel); run on a login node of the cluster or use queuing_system='local'")
+
+    def failure(self, what: str, done: Any, tries: int) -> RuntimeError:
+        error = super().failure(what, done, tries)
+        if "configuration source" in done.stderr or "slurm.conf" in done.stderr:
+            return RuntimeError(f"{error}\nNo SLURM configuration found: set SLURM_CONF to the cluster's "
+                                "slurm.conf, or use queuing_system='local'")
+        return error
 
     def _submitted(self, script: Path, job_name: str) -> str | None:
         """The id of a job already submitted from ``script`` (an sbatch whose answer was lost)."""
-        done = self._run_once(["squeue", "--noheader", "--states=all", f"--name={job_name}", "--format=%i|%o"])
+        done = self.run_once(["squeue", "--noheader", "--states=all", f"--name={job_name}", "--format=%i|%o"])
         for line in done.stdout.splitlines() if done.returncode == 0 else []:
             job_id, _, command = line.strip().partition("|")
             if command == str(script) and job_id.isdigit():
@@ -466,9 +202,9 @@ class SlurmBackend(Backend):
         if self.state(files, attempt, launch) == "ended":
             return
         job_id = str(launch["job_id"])
-        done, tries = self._run(["scancel", job_id])
+        done, tries = self.run_command(["scancel", job_id])
         if done.returncode != 0 and not _UNKNOWN_JOB.search(done.stderr):
-            raise self._failure(f"scancel {job_id}", done, tries)
+            raise self.failure(f"scancel {job_id}", done, tries)
         deadline = time.monotonic() + self.cancel_timeout_s
         poll_s = 0.05
         _SEEN_RUNNING.pop(job_id, None)
@@ -515,12 +251,12 @@ class SlurmBackend(Backend):
         valid = [j for j in job_ids if j.isdigit()]
         for start in range(0, len(valid), _SQUEUE_CHUNK):
             chunk = valid[start : start + _SQUEUE_CHUNK]
-            done, tries = self._run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(chunk)}",
+            done, tries = self.run_command(["squeue", "--noheader", "--states=all", f"--jobs={','.join(chunk)}",
                                      "--format=%i|%T|%r"])
             if done.returncode != 0:
                 if _UNKNOWN_JOB.search(done.stderr):  # only for a single unknown id; lists skip them
                     continue
-                raise self._failure("squeue", done, tries)
+                raise self.failure("squeue", done, tries)
             for line in done.stdout.splitlines():
                 parts = line.strip().split("|")
                 if len(parts) == 3:

@@ -22,8 +22,9 @@ from parallelaverage import parallel, parallel_average
 from parallelaverage._jobdir import JobFiles
 from parallelaverage.errors import OptionError, OptionTypeError
 from parallelaverage.backends.base import worker_argv
-from parallelaverage.backends.slurm import (
-    DEFAULT_TEMPLATE, PLACEHOLDERS, ScriptInputs, SlurmBackend, load_template, render_script, template_path,
+from parallelaverage.backends.slurm import SlurmBackend
+from parallelaverage.backends.slurm_script import (
+    DEFAULT_TEMPLATE, PLACEHOLDERS, ScriptInputs, load_template, render_script, template_path,
 )
 from parallelaverage.backends.slurm_options import (
     BACKEND_OPTIONS, OURS, OURS_SHORT, SBATCH_OPTIONS, SHORT_OPTIONS, check_slurm_options,

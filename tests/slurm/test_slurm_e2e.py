@@ -23,6 +23,7 @@ import pytest
 import parallelaverage as pa
 from parallelaverage import JobEndedWarning, NotReadyWarning, cancel_job, dont_submit, parallel, parallel_average, re_submit, wait
 from parallelaverage._jobdir import JobFiles
+from parallelaverage.backends import base as base_backend
 from parallelaverage.backends import slurm as slurm_backend
 from parallelaverage.backends.slurm import SlurmBackend
 
@@ -291,7 +292,7 @@ def counting_subprocess_runs(monkeypatch) -> list[str]:
         calls.append(argv[0])
         return real_run(argv, *args, **kwargs)
 
-    monkeypatch.setattr(slurm_backend.subprocess, "run", counting_run)
+    monkeypatch.setattr(base_backend.subprocess, "run", counting_run)
     return calls
 
 

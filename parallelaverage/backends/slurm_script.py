@@ -1,0 +1,233 @@
+"""The SLURM job script: its template, its placeholders, and how a launch fills them.
+
+A launch renders a job script from a template (the built-in :data:`DEFAULT_TEMPLATE`
+or the user's ``~/.config/parallelaverage/slurm.sbatch``), which the SLURM backend
+writes to ``attempts/<k>/job.sbatch`` and submits. The script runs
+``srun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 <python> -P -m parallelaverage.worker JOBDIR K``
+(or ``mpiexec``), then writes the launcher's exit status to ``attempts/<k>/exit_code``
+and exits with it. Pure text: nothing here runs a command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from parallelaverage._jobdir import JobFiles
+from parallelaverage.backends.base import worker_argv, worker_environment
+from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_command
+from parallelaverage.backends.slurm_options import BACKEND_OPTIONS, SHORT_OPTIONS, check_line
+
+__all__ = ["ScriptInputs", "render_script", "load_template", "template_path", "DEFAULT_TEMPLATE",
+           "PLACEHOLDERS", "DEFAULT_SIGNAL"]
+
+DEFAULT_SIGNAL = "USR1@60"
+"""``--signal`` unless the user sets ``signal``: the ranks checkpoint 60 s before the time limit."""
+
+DEFAULT_TEMPLATE = """\
+#!/bin/bash
+{{sbatch_options}}
+
+# parallelaverage job {{job_name}}, launch {{attempt}}: {{n_tasks}} MPI ranks
+{{setup}}
+{{environment}}
+exit_file={{exit_code_file}}
+{{launch}}
+code=$?
+echo "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"
+exit "$code"
+"""
+"""The built-in job script. ``{{name}}`` are placeholders (:data:`PLACEHOLDERS`)."""
+
+PLACEHOLDERS: Mapping[str, str] = {
+    "sbatch_options": "every #SBATCH line: ours (ntasks, job-name, output, error, chdir, signal) "
+                      "then the user's options (required)",
+    "setup": "the 'setup' option's lines (a line holding only this disappears when there are none)",
+    "environment": "export lines: PYTHONPATH = the caller's sys.path, and what the launcher needs",
+    "launch": "the launch command: srun (or mpiexec) running the worker",
+    "worker": "the worker command alone: <python> -P -m parallelaverage.worker <job dir> <launch>",
+    "exit_code_file": "the file the script must write the launch's exit status to (shell-quoted)",
+    "job_name": "the job's name, e.g. 3_simulate",
+    "job_dir": "the job directory (shell-quoted)",
+    "attempt": "the launch number: 1, then 2, ... per re_submit",
+    "n_tasks": "the number of MPI ranks",
+    "python": "the caller's Python interpreter (shell-quoted)",
+}
+"""What each ``{{placeholder}}`` of a job script template becomes."""
+
+_REQUIRED_PLACEHOLDERS = ("sbatch_options",)
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_SBATCH_PLAIN = re.compile(r"[A-Za-z0-9_.,:/=+@%^~*\[\]-]+")
+
+# --------------------------------------------------------------------------- the script
+def template_path() -> Path:
+    """Where a user's job script template is looked for.
+
+    ``$PARALLELAVERAGE_CONFIG_DIR/slurm.sbatch`` if that variable is set, else
+    ``$XDG_CONFIG_HOME/parallelaverage/slurm.sbatch`` (``~/.config`` by default).
+    """
+    configured = os.environ.get("PARALLELAVERAGE_CONFIG_DIR")
+    if configured:
+        return Path(configured) / "slurm.sbatch"
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config_home) / "parallelaverage" / "slurm.sbatch"
+
+
+def load_template() -> tuple[str, Path | None]:
+    """The job script template and the file it came from (None: the built-in one)."""
+    path = template_path()
+    try:
+        return path.read_text(), path
+    except FileNotFoundError:
+        return DEFAULT_TEMPLATE, None
+
+
+def _sbatch_value(text: str) -> str:
+    """A value as sbatch reads it on an ``#SBATCH`` line: double quotes unless plain.
+
+    sbatch splits ``#SBATCH`` lines at blanks, takes ``#`` as the start of a comment
+    and honours double quotes and backslash escapes, so anything beyond a plain word
+    is quoted.
+    """
+    if _SBATCH_PLAIN.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _sbatch_option(name: str, value: Any) -> str | None:
+    """One ``#SBATCH`` line for a user option; None for ``False`` (option left out)."""
+    if value is False:
+        return None
+    flag = f"-{name}" if name in SHORT_OPTIONS else f"--{name.replace('_', '-')}"
+    if value is True:
+        return f"#SBATCH {flag}"
+    text = _sbatch_value(check_line(name, str(value)))
+    return f"#SBATCH {flag} {text}" if name in SHORT_OPTIONS else f"#SBATCH {flag}={text}"
+
+
+@dataclass(frozen=True)
+class ScriptInputs:
+    """Everything a job script is made from; :meth:`for_launch` reads it from the caller."""
+
+    job_dir: Path
+    attempt: int
+    n_tasks: int
+    options: Mapping[str, Any]
+    chdir: str
+    python: str
+    pythonpath: str
+    mpiexec: str = "mpiexec"
+    mpiexec_env: Mapping[str, str] = field(default_factory=dict)
+    mpiexec_args: tuple[str, ...] = ()
+
+    @classmethod
+    def for_launch(cls, files: JobFiles, attempt: int, n_tasks: int,
+                   options: Mapping[str, Any]) -> ScriptInputs:
+        """The inputs of a real launch: this Python, its ``sys.path``, the working directory."""
+        mpiexec, env, args = "mpiexec", {}, ()  # type: tuple[str, dict[str, str], tuple[str, ...]]
+        if options.get("launcher") == "mpiexec":
+            mpiexec = find_mpiexec()
+            _, env = mpiexec_command(n_tasks, [], mpiexec)
+            # Open MPI binds ranks to cores; with more ranks than cores it must not
+            args = ("--bind-to", "none") if mpi_flavour(mpiexec) == "openmpi" else ()
+        return cls(
+            job_dir=files.dir.resolve(), attempt=attempt, n_tasks=n_tasks, options=dict(options),
+            chdir=os.getcwd(), python=sys.executable, pythonpath=worker_environment()["PYTHONPATH"],
+            mpiexec=mpiexec, mpiexec_env=env, mpiexec_args=args,
+        )
+
+    @property
+    def files(self) -> JobFiles:
+        return JobFiles(self.job_dir)
+
+    def sbatch_lines(self) -> list[str]:
+        """Our ``#SBATCH`` lines, then one per user option (backend options excluded)."""
+        files = self.files
+        ours = {
+            "ntasks": self.n_tasks, "job_name": self.job_dir.name,
+            "output": files.stdout(self.attempt), "error": files.stderr(self.attempt),
+            "chdir": self.chdir,
+        }
+        if "signal" not in self.options:
+            ours["signal"] = DEFAULT_SIGNAL
+        lines = [_sbatch_option(name, str(value)) for name, value in ours.items()]
+        lines += [_sbatch_option(name, value) for name, value in self.options.items()
+                  if name not in BACKEND_OPTIONS]
+        return [line for line in lines if line is not None]
+
+    def setup_lines(self) -> list[str]:
+        setup = self.options.get("setup", ())
+        return [check_line("setup", line) for line in ([setup] if isinstance(setup, str) else setup)]
+
+    def environment_lines(self) -> list[str]:
+        lines = [f"export PYTHONPATH={shlex.quote(self.pythonpath)}"] if self.pythonpath else []
+        if self.options.get("launcher") == "mpiexec":
+            lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(self.mpiexec_env.items())]
+        return lines
+
+    def worker_command(self) -> str:
+        return shlex.join(worker_argv(self.python, self.job_dir, self.attempt))
+
+    def launch_command(self) -> str:
+        if self.options.get("launcher", "srun") == "mpiexec":
+            args = " ".join(shlex.quote(a) for a in self.mpiexec_args)
+            return f'{shlex.quote(self.mpiexec)} -n "$SLURM_NTASKS" {args + " " if args else ""}{self.worker_command()}'
+        mpi = check_line("mpi", str(self.options.get("mpi", "pmi2")))
+        # --export=ALL: the ranks get the script's environment (its PYTHONPATH, the setup
+        # lines' exports) even when the job has export=NONE or a list: srun would
+        # otherwise pass on only what sbatch exported (SLURM_EXPORT_ENV). mpiexec needs
+        # nothing: MPICH's and Open MPI's pass their own environment to the ranks.
+        srun = ["srun", f"--mpi={mpi}", "--export=ALL", "--kill-on-bad-exit=1"]
+        # since Slurm 22.05 srun no longer inherits the job's --cpus-per-task
+        cpus = self.options.get("cpus_per_task", self.options.get("c"))
+        if cpus not in (None, False, True):
+            srun.append(f"--cpus-per-task={cpus}")
+        return f"{shlex.join(srun)} {self.worker_command()}"
+
+
+def render_script(inputs: ScriptInputs, template: str = DEFAULT_TEMPLATE, source: Path | None = None) -> str:
+    """The job script for ``inputs``: the template with its ``{{placeholders}}`` filled.
+
+    A line that holds only a placeholder whose value is empty (no ``setup`` lines)
+    is left out.
+
+    Raises:
+        ValueError: an unknown placeholder or a missing required one (naming the
+            template file), or an option value with a control character.
+    """
+    where = f"job script template {source}" if source else "job script template"
+    used = set(_PLACEHOLDER.findall(template))
+    unknown = sorted(used - set(PLACEHOLDERS))
+    if unknown:
+        raise ValueError(f"{where}: unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)}; "
+                         f"the placeholders are {', '.join('{{' + p + '}}' for p in PLACEHOLDERS)}")
+    missing = [p for p in _REQUIRED_PLACEHOLDERS if p not in used]
+    if missing:
+        raise ValueError(f"{where}: must contain {', '.join('{{' + p + '}}' for p in missing)} "
+                         "(the #SBATCH lines that set the job's ranks and output files)")
+    files = inputs.files
+    values = {
+        "sbatch_options": "\n".join(inputs.sbatch_lines()),
+        "setup": "\n".join(inputs.setup_lines()),
+        "environment": "\n".join(inputs.environment_lines()),
+        "launch": inputs.launch_command(),
+        "worker": inputs.worker_command(),
+        "exit_code_file": shlex.quote(str(files.exit_code(inputs.attempt))),
+        "job_name": inputs.job_dir.name,
+        "job_dir": shlex.quote(str(inputs.job_dir)),
+        "attempt": str(inputs.attempt),
+        "n_tasks": str(inputs.n_tasks),
+        "python": shlex.quote(inputs.python),
+    }
+    lines = []
+    for line in template.splitlines():
+        alone = _PLACEHOLDER.fullmatch(line.strip())
+        if alone and not values[alone.group(1)]:
+            continue
+        lines.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], line))
+    return "\n".join(lines) + "\n"
