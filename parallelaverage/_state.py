@@ -19,7 +19,8 @@ merge of its ranks' snapshots. Once a launch has ended, its ranks' status record
 tell which runs crashed their rank (a fatal signal or ``os._exit`` inside the run):
 those count as failed, with the signal and the rank's report. The job's state merges
 every launch: a run is *done* if any launch did it, else *pending* if a live launch
-will run it, else *failed* (or crashed) if a launch failed it, else *missing*.
+will still run it (a run a live launch has failed is not run again by it), else
+*failed* (or crashed) if a launch failed it, else *missing*.
 
 Reading never writes: results, ``list``, ``show`` and the viewer work on a read-only
 database and on a full disk.
@@ -141,7 +142,7 @@ class JobState:
         space: the job's run space.
         tally: the merged tally (minority output layouts already moved to failed).
         done, failed, crashed, pending, missing: run positions; ``crashed`` is part of
-            ``failed``; ``pending`` (runs a live launch will still run) is part of ``missing``.
+            ``failed``; ``pending`` (runs a live launch has yet to run) is part of ``missing``.
         launches: every launch, oldest first.
         problems: unreadable files and the like, one line each.
         fatal: why the latest launch could not run anything (launcher or start-up failure).
@@ -428,7 +429,9 @@ def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float
     pending = Positions()
     for launch in launches:
         if launch.live and launch.plan is not None:
-            pending = pending.union(launch.plan.positions)
+            # the runs of its plan a live launch has not yet done or failed: a run it
+            # failed is failed now (it will not run it again), not pending until it ends
+            pending = pending.union(launch.plan.positions - launch.tally.done - launch.tally.failed)
     pending = pending - done
     failed = tally.failed.union(crashed) - done - pending
     crashed = crashed - pending
