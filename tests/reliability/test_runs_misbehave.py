@@ -207,6 +207,8 @@ def test_sigterm_or_sigint_from_outside_stops_the_rank_after_a_checkpoint_and_re
     finished_by_rank = {done for done, by in logged(log) if by == pid}
     assert len(finished_by_rank) >= 5 and finished_by_rank <= set(result.successful_run_ids)
     assert result.count == len(result.successful_run_ids)
+    print(f"{signal_name} to rank {stopped.rank} of {n_tasks}: its {len(finished_by_rank)} finished runs kept "
+          f"({stopped.n_snapshots} snapshots), {missing} of {n_runs} runs missing")
     assert re_submit(function)(str(log), str(waiting)) is None
     final = wait(function)(str(log), str(waiting))
     assert final.successful_run_ids == list(range(n_runs)) and final.failed_run_ids == []
