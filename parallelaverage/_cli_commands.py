@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parallelaverage._cleanup import cleanup
-from parallelaverage._cli_text import age, ids_text, indent, pairs_text, result_lines, table, when
+from parallelaverage._cli_text import (
+    age, crash_lines, ids_text, indent, launches_text, pairs_text, result_lines, table, when,
+)
 from parallelaverage.job import Job, prefetch_states
 from parallelaverage._state import JobState
 from parallelaverage._progress import ProgressBar, progress_text
@@ -286,6 +288,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("runs", f"{runs['successful']} of {runs['total']} done, {runs['failed']} failed, {runs['missing']} missing"),
         ("submitted", when(summary["submitted_at"])),
         ("queue", f"{summary['queue'] or '-'}, job id {summary['queue_job_id'] or '-'}"),
+        ("launches", launches_text(summary["launches"])),
         ("options", ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-"),
     ]
     if queue_options:
@@ -293,6 +296,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     pairs.append(("folder", summary["folder"]))
     if summary["missing_runs"] and summary["status"] != "running":
         pairs.append(("missing", f"{ids_text(summary['missing_runs'])}  (run them: {PROG} resubmit {job.name})"))
+    pairs += crash_lines(summary["crashes"], f"{PROG} resubmit {job.name}")
     pairs += result_lines(summary["result"])
     print(pairs_text(pairs))
     for part in _failure_text(summary):

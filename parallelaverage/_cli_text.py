@@ -12,7 +12,8 @@ from typing import Any
 
 from parallelaverage._display import format_mean_error
 
-__all__ = ["age", "when", "table", "ids_text", "result_lines", "pairs_text", "indent"]
+__all__ = ["age", "when", "table", "ids_text", "result_lines", "launches_text", "crash_lines", "pairs_text",
+           "indent"]
 
 _SHOWN_IDS = 10  # run ids listed before "..."
 
@@ -77,6 +78,30 @@ def result_lines(summary: dict[str, Any] | None) -> list[tuple[str, str]]:
             text = (f"shape {shape}, mean from {_number(element['min'])} to {_number(element['max'])}, "
                     f"error up to {_number(element['error_max'])}  ({element['count']} runs)")
         lines.append((name, text))
+    return lines
+
+
+def launches_text(launches: list[dict[str, Any]]) -> str:
+    """``"1 ended (exit code 11), 2 running"``: each launch's phase and exit code."""
+    return ", ".join(f"{launch['launch']} {launch['phase'].replace('_', ' ')}"
+                     + (f" (exit code {launch['exit_code']})" if launch["exit_code"] is not None else "")
+                     for launch in launches) or "-"
+
+
+def crash_lines(crashes: list[dict[str, Any]], resubmit: str) -> list[tuple[str, str]]:
+    """``("crashed", "run 17 crashed the rank (rank 1, signal 11, SIGSEGV) in launch 1 (exit code 11)")``
+    lines (``_summary.crash_summary``), and how to run them again (``resubmit``)."""
+    if not crashes:
+        return []
+    lines: list[tuple[str, str]] = []
+    for crash in crashes[:_SHOWN_IDS]:
+        code = crash["launch_exit_code"]
+        lines.append(("" if lines else "crashed", f"{crash['message']} in launch {crash['launch']}"
+                      + (f" (exit code {code})" if code is not None else "")))
+    if len(crashes) > _SHOWN_IDS:
+        lines.append(("", f"... and {len(crashes) - _SHOWN_IDS} more"))
+    lines.append(("", f"(resubmit leaves them out: they would probably crash again; to run them too: "
+                      f"{resubmit} --include-crashed)"))
     return lines
 
 

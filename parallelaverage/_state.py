@@ -19,7 +19,8 @@ merge of its ranks' snapshots. Once a launch has ended, its ranks' status record
 tell which runs crashed their rank (a fatal signal or ``os._exit`` inside the run):
 those count as failed, with the signal and the rank's report. The job's state merges
 every launch: a run is *done* if any launch did it, else *pending* if a live launch
-will run it, else *failed* (or crashed) if a launch failed it, else *missing*.
+will still run it (a run a live launch has failed is not run again by it), else
+*failed* (or crashed) if a launch failed it, else *missing*.
 
 Reading never writes: results, ``list``, ``show`` and the viewer work on a read-only
 database and on a full disk.
@@ -40,7 +41,7 @@ from parallelaverage.backends.base import Backend
 from parallelaverage.errors import UntrustedFileError
 from parallelaverage.runspace import Positions, RunIds, RunSpace
 
-__all__ = ["LaunchState", "JobState", "FailedRuns", "read_launch", "read_job_state", "LAUNCH_GRACE_S"]
+__all__ = ["LaunchState", "JobState", "Crash", "FailedRuns", "read_launch", "read_job_state", "LAUNCH_GRACE_S"]
 
 LAUNCH_GRACE_S = 60.0
 """A launch being made on another host, with no ``launch.json`` after this long, is
@@ -64,10 +65,43 @@ class LaunchState:
     message: str | None = None  # why it was refused or could not start its runs
     exit_code: int | None = None
     cancelled: bool = False
+    crashes: list[Crash] = field(default_factory=list)  # read once the launch has ended
 
     @property
     def live(self) -> bool:
         return self.phase in LIVE_PHASES
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A run that ended its rank's process: a fatal signal inside the run (segfault,
+    ``abort``...), which ``faulthandler`` reported, or an ``os._exit`` call.
+
+    Attributes:
+        launch, rank, position: where it happened, and the run (a position).
+        signal: the fatal signal's number; None for ``os._exit``.
+        exit_code: the code the run passed to ``os._exit``; None for a signal.
+        report: ``faulthandler``'s report (the signal and the run's traceback); '' for ``os._exit``.
+        launch_exit_code: the exit code of the launch (mpiexec, srun), if known.
+    """
+
+    launch: int
+    rank: int
+    position: int
+    signal: int | None
+    exit_code: int | None
+    report: str
+    launch_exit_code: int | None
+
+    @property
+    def signal_name(self) -> str | None:
+        return _signal_name(self.signal) if self.signal is not None else None
+
+    def headline(self, run: Any) -> str:
+        """``run 17 crashed the rank (rank 1, signal 11, SIGSEGV)``, or the ``os._exit`` form."""
+        if self.signal is None:
+            return f"run {run!r} ended its rank's process (rank {self.rank}) with os._exit({self.exit_code})"
+        return f"run {run!r} crashed the rank (rank {self.rank}, {_signal_text(self.signal)})"
 
 
 class FailedRuns(Mapping[Any, str]):
@@ -109,7 +143,7 @@ class JobState:
         space: the job's run space.
         tally: the merged tally (minority output layouts already moved to failed).
         done, failed, crashed, pending, missing: run positions; ``crashed`` is part of
-            ``failed``; ``pending`` (runs a live launch will still run) is part of ``missing``.
+            ``failed``; ``pending`` (runs a live launch has yet to run) is part of ``missing``.
         launches: every launch, oldest first.
         problems: unreadable files and the like, one line each.
         fatal: why the latest launch could not run anything (launcher or start-up failure).
@@ -152,6 +186,13 @@ class JobState:
     def latest(self) -> LaunchState | None:
         return self.launches[-1] if self.launches else None
 
+    @property
+    def crashes(self) -> list[Crash]:
+        """How each run of :attr:`crashed` ended its rank (its latest crash), by position."""
+        latest = {crash.position: crash for launch in self.launches for crash in launch.crashes
+                  if crash.position in self.crashed}
+        return [latest[position] for position in sorted(latest)]
+
 
 # ------------------------------------------------------------------ one launch
 def _read_tally(files: JobFiles, attempt: int, problems: list[str]) -> tuple[Tally, bool]:
@@ -183,35 +224,46 @@ def _read_tally(files: JobFiles, attempt: int, problems: list[str]) -> tuple[Tal
     return merged, False
 
 
-def _signal_text(number: int) -> str:
+def _signal_name(number: int) -> str | None:
     try:
-        return f"signal {number}, {_signal.Signals(number).name}"
+        return _signal.Signals(number).name
     except ValueError:
-        return f"signal {number}"
+        return None
 
 
-def _crashes(files: JobFiles, attempt: int, ranks: list[RankInfo], space: RunSpace) -> dict[int, str]:
-    """Runs that killed their rank: position -> message (for an ended launch)."""
-    crashed: dict[int, str] = {}
+def _signal_text(number: int) -> str:
+    name = _signal_name(number)
+    return f"signal {number}, {name}" if name else f"signal {number}"
+
+
+def _crashes(attempt: int, ranks: list[RankInfo], exit_code: int | None) -> list[Crash]:
+    """The runs that ended their rank's process, from the ranks' status records (for an
+    ended launch). A rank killed from outside (SIGKILL, the OOM killer) left neither a
+    report nor an ``os._exit`` mark: its run was only in flight, and is missing."""
+    crashes = []
     for info in ranks:
         if info.in_flight is None or info.stage not in ("running", "exited_in_run"):
             continue
-        run = space.id_at(info.in_flight)
-        report = info.crash_report.strip()
         if info.stage == "exited_in_run":
-            why = f"run {run!r} ended its rank's process (rank {info.rank}) with os._exit({info.exit_code})"
+            crashes.append(Crash(attempt, info.rank, info.in_flight, None, info.exit_code, "", exit_code))
         elif info.crash_signal is not None:
-            why = f"run {run!r} crashed the rank (rank {info.rank}, {_signal_text(info.crash_signal[0])})"
-        else:
-            continue  # killed from outside (or by the OOM killer): the run was only in flight
-        tail = files.stderr_tail(attempt)
-        text = why
-        if report:
-            text += "\n" + report
-        if tail:
-            text += f"\nlast lines of {files.stderr(attempt)}:\n{tail}"
-        crashed[info.in_flight] = text
-    return crashed
+            crashes.append(Crash(attempt, info.rank, info.in_flight, info.crash_signal[0], None,
+                                 info.crash_report.strip(), exit_code))
+    return crashes
+
+
+def _crash_message(files: JobFiles, crash: Crash, run: Any) -> str:
+    """What a crashed run's error is: what happened, the launch's exit code, the
+    ``faulthandler`` report and the last lines of the launch's ``stderr.txt``."""
+    text = crash.headline(run)
+    if crash.launch_exit_code is not None:
+        text += f"\nlaunch {crash.launch} {_exited(crash.launch_exit_code)}"
+    if crash.report:
+        text += "\n" + crash.report
+    tail = files.stderr_tail(crash.launch)
+    if tail:
+        text += f"\nlast lines of {files.stderr(crash.launch)}:\n{tail}"
+    return text
 
 
 def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_code: int | None) -> str | None:
@@ -219,7 +271,8 @@ def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_co
     started, or its ranks failed to start (an import error, a wrong MPI world) — or None
     when its ranks started and were stopped (killed, cancelled) like any ended launch."""
     fatal = [path.read_text(errors="replace") for path in files.fatals(attempt)]
-    code = "" if exit_code is None else f" (exit code {exit_code}{_exit_meaning(exit_code)})"
+    meaning = None if exit_code is None else _exit_signal(exit_code)
+    code = "" if exit_code is None else f" (exit code {exit_code}{', ' + meaning if meaning else ''})"
     errors = [r.error.strip() for r in ranks if r.stage == "failed_to_start" and r.error.strip()]
     if fatal or errors:
         head = f"launch {attempt} could not start its runs{code}:\n{(fatal or errors)[0].rstrip()}"
@@ -233,12 +286,33 @@ def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_co
     return head
 
 
-def _exit_meaning(code: int) -> str:
+def _exit_signal(code: int) -> str | None:
+    """``"signal 15, SIGTERM"`` for an exit code that says a signal ended the process
+    (``128 + n`` from a shell, ``-n`` from Python), else None."""
     if code > 128:
-        return f", {_signal_text(code - 128)}"
+        return _signal_text(code - 128)
     if code < 0:
-        return f", {_signal_text(-code)}"
-    return ""
+        return _signal_text(-code)
+    return None
+
+
+def _stopped_ranks(ranks: list[RankInfo]) -> str:
+    """``": rank 2 was stopped by signal 15, SIGTERM, after a checkpoint"``: the ranks a
+    signal from outside stopped (the launch's exit code may be another rank's)."""
+    by_signal: dict[int, list[int]] = {}
+    for info in ranks:
+        if info.stage == "stopped" and info.signal:
+            by_signal.setdefault(info.signal, []).append(info.rank)
+    return "".join(
+        f"{':' if i == 0 else ';'} {'rank' if len(numbers) == 1 else 'ranks'} {', '.join(map(str, sorted(numbers)))} "
+        f"{'was' if len(numbers) == 1 else 'were'} stopped by {_signal_text(number)}, after a checkpoint"
+        for i, (number, numbers) in enumerate(sorted(by_signal.items())))
+
+
+def _exited(code: int) -> str:
+    """``"exited with code 143 (signal 15, SIGTERM)"``."""
+    meaning = _exit_signal(code)
+    return f"exited with code {code}" + (f" ({meaning})" if meaning else "")
 
 
 def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: bool = True,
@@ -291,16 +365,17 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             phase = "ended"
     tally, final = _read_tally(files, attempt, problems)
     exit_code = files.exit_status(attempt)
-    if phase == "ended" and not files.sealed(attempt).exists():
-        crashed = _crashes(files, attempt, ranks, space)
+    crashes = _crashes(attempt, ranks, exit_code) if phase == "ended" else []
+    if phase == "ended" and not files.sealed(attempt).exists():  # a sealed tally holds its crashes
+        crashed = {crash.position: _crash_message(files, crash, space.id_at(crash.position)) for crash in crashes}
         if crashed:
             tally = Tally(tally.done, tally.failed, tally.errors, {**tally.crashed, **crashed}, tally.groups)
         if not tally.done and not tally.failed and not crashed:
             message = _start_failure(files, attempt, ranks, exit_code)
         elif not final and exit_code not in (None, 0) and not crashed:
             problems.append(
-                f"launch {attempt} exited with code {exit_code}{_exit_meaning(exit_code)} without writing its "
-                f"result (see {files.stderr(attempt)}); the ranks' snapshots were merged instead")
+                f"launch {attempt} {_exited(exit_code)} without writing its result{_stopped_ranks(ranks)} "
+                f"(see {files.stderr(attempt)}); the ranks' snapshots were merged instead")
         for rank in ranks:
             if rank.error and message is None:
                 problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
@@ -309,7 +384,7 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             if rank.error:
                 problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
     return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks, problems, message, exit_code,
-                       cancelled)
+                       cancelled, crashes)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -355,7 +430,9 @@ def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float
     pending = Positions()
     for launch in launches:
         if launch.live and launch.plan is not None:
-            pending = pending.union(launch.plan.positions)
+            # the runs of its plan a live launch has not yet done or failed: a run it
+            # failed is failed now (it will not run it again), not pending until it ends
+            pending = pending.union(launch.plan.positions - launch.tally.done - launch.tally.failed)
     pending = pending - done
     failed = tally.failed.union(crashed) - done - pending
     crashed = crashed - pending

@@ -16,12 +16,12 @@ import numpy as np
 from parallelaverage._display import array_range
 from parallelaverage.job import Job
 from parallelaverage.runspace import encode_run_id
-from parallelaverage._state import JobState, LaunchState
+from parallelaverage._state import Crash, JobState, LaunchState
 from parallelaverage.jobdb import JobRecord
 from parallelaverage.results import AveragedResult, RunOutputs
 
 __all__ = ["total_runs", "job_summary", "launch_rate", "status_summary", "detail_summary",
-           "result_summary", "json_number"]
+           "result_summary", "crash_summary", "json_number"]
 
 
 def json_number(value: Any) -> float | None:
@@ -151,6 +151,18 @@ def launch_summary(launch: LaunchState) -> dict[str, Any]:
     }
 
 
+def crash_summary(state: JobState, crash: Crash) -> dict[str, Any]:
+    """One run that crashed its rank: where, and the signal or ``os._exit`` code that ended it.
+
+    ``exit_code`` is the code the run passed to ``os._exit`` (``null`` for a signal);
+    ``launch_exit_code`` is the exit code of the whole launch (mpiexec, srun).
+    """
+    run = state.space.id_at(crash.position)
+    return {"run": encode_run_id(run), "launch": crash.launch, "rank": crash.rank, "signal": crash.signal,
+            "signal_name": crash.signal_name, "exit_code": crash.exit_code,
+            "launch_exit_code": crash.launch_exit_code, "message": crash.headline(run)}
+
+
 def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
     """The keys of ``parallelaverage show --json``: everything about one job."""
     first = state.failed.first()
@@ -162,6 +174,7 @@ def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
         "missing_runs": _first_ids(state.missing),
         "first_failure": {"run": encode_run_id(first[0]), "traceback": first[1]} if first else None,
         "crashed_runs": _first_ids(state.space.ids(state.crashed)),
+        "crashes": [crash_summary(state, crash) for crash in state.crashes[:LISTED_IDS]],
         "launches": [launch_summary(launch) for launch in state.launches],
         "fatal": state.fatal,
         "problems": list(state.problems),

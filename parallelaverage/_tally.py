@@ -119,7 +119,8 @@ class Tally:
     Attributes:
         done: runs that returned an output that was recorded (averaged and/or kept).
         failed: runs that raised, returned something unusable, or could not be stored.
-        errors: the message of the first :data:`MAX_ERRORS_KEPT` failed runs, by position.
+        errors: the message of up to :data:`MAX_ERRORS_KEPT` failed runs, by position
+            (merged, a later tally's message of a run replaces an earlier one's).
         crashed: runs that killed the rank running them (found by the caller after the
             launch ended), with their message; counted as failed.
         groups: averaged statistics, one group per output layout (empty for @parallel).
@@ -155,13 +156,16 @@ class Tally:
         for group in other.groups:
             mine = groups.get(group.layout)
             groups[group.layout] = mine.merged(group) if mine is not None else group.merged(Group(group.layout))
-        errors = dict(self.errors)
+        # a run in both is a run ``other`` (a later launch) ran again: its outcome replaces
+        # the earlier one's, so a re-run run shows its latest error, or its latest crash
+        errors = {p: m for p, m in self.errors.items() if p not in other.crashed}
         for position, message in other.errors.items():
-            if len(errors) >= MAX_ERRORS_KEPT:
-                break
-            errors.setdefault(position, message)
-        return Tally(self.done.union(other.done), self.failed.union(other.failed), errors,
-                     {**self.crashed, **other.crashed}, list(groups.values()))
+            if position in errors or len(errors) < MAX_ERRORS_KEPT:
+                errors[position] = message
+        crashed = {p: m for p, m in self.crashed.items() if p not in other.failed}
+        crashed.update(other.crashed)
+        return Tally(self.done.union(other.done), self.failed.union(other.failed), errors, crashed,
+                     list(groups.values()))
 
     # ------------------------------------------------------------ reading
     def main_group(self) -> Group | None:

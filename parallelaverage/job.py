@@ -130,7 +130,8 @@ class Job:
         return self.state().status != "running"
 
     def result(self, state: JobState | None = None, *, report: bool = True) -> Any:
-        """What a call returns now: the averaged result (or the kept outputs) so far.
+        """What a call returns now: the averaged result (or the kept outputs) so far;
+        None while no run has finished.
 
         Warns about runs not ready, failed, crashed or missing. A job that has stopped
         without a single successful run has nothing to return and says why instead.
@@ -435,8 +436,11 @@ def prefetch_states(jobs: Sequence[Job]) -> None:
 
 
 def build_result(files: JobFiles, state: JobState, job_name: str, average: Any, keep_runs: bool) -> Any:
-    """What a call returns: RunOutputs, an AveragedResult, a tuple of them, or None."""
+    """What a call returns: RunOutputs, an AveragedResult, a tuple of them, or None
+    while no run has finished (for ``@parallel`` as for ``@parallel_average``)."""
     space = state.space
+    if not state.done:
+        return None
     outputs = None
     if average is None or keep_runs:
         paths = [path for attempt in files.attempts() for path in files.all_outputs(attempt)

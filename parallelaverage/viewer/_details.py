@@ -17,6 +17,7 @@ import numpy as np
 from parallelaverage.job import Job
 from parallelaverage.runspace import encode_run_id
 from parallelaverage._state import JobState
+from parallelaverage._summary import crash_summary
 from parallelaverage.jobdb import JobDatabase
 from parallelaverage.jobdb.keys import describe_value
 from parallelaverage.results import AveragedResult
@@ -85,6 +86,7 @@ def job_details(db: JobDatabase, job_name: str) -> tuple[dict[str, Any], Job]:
         "missing": len(state.missing),
         "fatal": _clip(state.fatal) if state.fatal else None,
         "crashed": len(state.crashed),
+        "crashes": [crash_summary(state, crash) for crash in state.crashes],
         "launches": [_launch(launch) for launch in state.launches],
     }
     details["failures"] = _failures(state.failed)
