@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from parallelaverage._atomic import TEMP_MARKER
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.jobdb import CorruptFileError, JobDatabase
 from parallelaverage.jobdb.index import entry_path, read_entry
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import cloudpickle
 
 from parallelaverage import _testhooks
-from parallelaverage._jobdir import Creator, LaunchPlan
+from parallelaverage.jobfiles.layout import Creator, LaunchPlan
 from parallelaverage._options import JobOptions, parse_options
-from parallelaverage._payload import Payload
+from parallelaverage.jobfiles.payload import Payload
 from parallelaverage._state import JobState
 from parallelaverage.errors import ArgumentError, CodeChangedWarning, NoJobError, say, warn
 from parallelaverage.job import Job

@@ -32,10 +32,10 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from parallelaverage._jobdir import Creator, JobFiles, LaunchPlan
-from parallelaverage._rankstatus import RankInfo, read_rank_status
-from parallelaverage._tally import Tally
-from parallelaverage._trust import load_pickle
+from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
+from parallelaverage.jobfiles.rankstatus import RankInfo, read_rank_status
+from parallelaverage.jobfiles.tally import Tally
+from parallelaverage.jobfiles.trust import load_pickle
 from parallelaverage.backends import backend_named
 from parallelaverage.backends.base import Backend
 from parallelaverage.errors import UntrustedFileError

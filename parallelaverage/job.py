@@ -32,8 +32,8 @@ import numpy as np
 
 from parallelaverage import _testhooks
 from parallelaverage._atomic import atomic_write_bytes, host_tag
-from parallelaverage._jobdir import Creator, JobFiles, LaunchPlan
-from parallelaverage._outputs import OutputIndex
+from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
+from parallelaverage.jobfiles.outputs import OutputIndex
 from parallelaverage._state import JobState, read_job_state
 from parallelaverage.backends import backend_named
 from parallelaverage.errors import (
@@ -366,7 +366,7 @@ class Job:
                 return f"job {self.name} has no missing or failed runs; nothing to re-submit{skipped}"
             for launch in state.launches:
                 if not self.files.sealed(launch.number).exists() and not self.files.result(launch.number).exists():
-                    from parallelaverage._trust import write_pickle
+                    from parallelaverage.jobfiles.trust import write_pickle
 
                     write_pickle(self.files.sealed(launch.number), launch.tally)
             attempt = (state.launches[-1].number if state.launches else 0) + 1

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from parallelaverage._display import averaged_html
-from parallelaverage._outputs import OutputIndex
+from parallelaverage.jobfiles.outputs import OutputIndex
 from parallelaverage.runspace import Positions, RunSpace
 
 __all__ = ["AveragedResult", "RunOutputs"]

@@ -1,8 +1,8 @@
 """``python -m parallelaverage.worker JOBDIR LAUNCH``: what every MPI rank of a job runs.
 
 Each rank claims runs (``mpi.dynamic_range``, or a static block), says in its status
-record which run it is executing (:mod:`parallelaverage._rankstatus`), calls the
-user's function, records the output in its :class:`~parallelaverage._tally.Tally`
+record which run it is executing (:mod:`parallelaverage.jobfiles.rankstatus`), calls the
+user's function, records the output in its :class:`~parallelaverage.jobfiles.tally.Tally`
 (statistics and/or the kept output), and writes its tally as a snapshot: after its
 first finished run, then every ``max(2 s, 100 × the snapshot's own write time)``, at
 most every 60 s (:class:`SnapshotClock`), and on SLURM's SIGUSR1. At the end the ranks
@@ -37,12 +37,12 @@ from collections.abc import Sequence
 from typing import Any, Iterator
 
 from parallelaverage import _context
-from parallelaverage._jobdir import JobFiles, LaunchPlan
-from parallelaverage._outputs import OutputWriter, encode_output
-from parallelaverage._payload import Payload
-from parallelaverage._rankstatus import RankStatus
-from parallelaverage._tally import Tally, describe_layout, layout_of
-from parallelaverage._trust import load_pickle, write_pickle
+from parallelaverage.jobfiles.layout import JobFiles, LaunchPlan
+from parallelaverage.jobfiles.outputs import OutputWriter, encode_output
+from parallelaverage.jobfiles.payload import Payload
+from parallelaverage.jobfiles.rankstatus import RankStatus
+from parallelaverage.jobfiles.tally import Tally, describe_layout, layout_of
+from parallelaverage.jobfiles.trust import load_pickle, write_pickle
 from parallelaverage.runspace import Positions, RunSpace
 from parallelaverage.stats import Welford
 from parallelaverage._atomic import atomic_write_bytes

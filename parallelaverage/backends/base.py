@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Pattern, Sequence
 
 from parallelaverage._atomic import atomic_write_bytes
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.errors import say
 
 __all__ = ["Backend", "LaunchState", "worker_argv", "worker_environment"]

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from parallelaverage._jobdir import JobFiles
-from parallelaverage._rankstatus import process_start_ticks as _start_ticks
-from parallelaverage._rankstatus import read_rank_status
+from parallelaverage.jobfiles.layout import JobFiles
+from parallelaverage.jobfiles.rankstatus import process_start_ticks as _start_ticks
+from parallelaverage.jobfiles.rankstatus import read_rank_status
 from parallelaverage.backends.base import Backend, worker_argv, worker_environment
 from parallelaverage.backends.mpiexec import mpiexec_command
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from parallelaverage._atomic import atomic_write_bytes
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.backends.base import Backend
 from parallelaverage.backends.slurm_options import check_slurm_options
 from parallelaverage.backends.slurm_script import ScriptInputs, load_template, render_script, template_path

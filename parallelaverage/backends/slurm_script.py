@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.backends.base import worker_argv, worker_environment
 from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_command
 from parallelaverage.backends.slurm_options import BACKEND_OPTIONS, SHORT_OPTIONS, check_line

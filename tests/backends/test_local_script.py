@@ -16,7 +16,7 @@ from pathlib import Path
 
 from test_slurm_script import assert_golden
 
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.backends import backend_named
 from parallelaverage.backends.local import LocalBackend, render_local_script
 

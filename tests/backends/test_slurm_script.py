@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from parallelaverage import parallel, parallel_average
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.errors import OptionError, OptionTypeError
 from parallelaverage.backends.base import worker_argv
 from parallelaverage.backends.slurm import SlurmBackend

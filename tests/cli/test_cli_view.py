@@ -64,7 +64,8 @@ def test_library_warnings_and_logs_become_single_lines(tmp_path, monkeypatch, ca
     import logging
     import warnings
 
-    from parallelaverage import _cli_commands, errors as _jobs
+    from parallelaverage import errors as _jobs
+    from parallelaverage.cli import commands as _cli_commands
 
     def noisy(args):
         warnings.warn("[parallelaverage] 2 / 10 runs failed; the first error:\nTraceback ...\nValueError: x",
@@ -84,7 +85,7 @@ def test_library_warnings_and_logs_become_single_lines(tmp_path, monkeypatch, ca
 
 
 def test_unexpected_errors_are_one_line_with_a_way_to_the_traceback(tmp_path, monkeypatch, capsys):
-    from parallelaverage import _cli_commands
+    from parallelaverage.cli import commands as _cli_commands
 
     def broken(args):
         raise KeyError("boom")

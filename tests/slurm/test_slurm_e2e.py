@@ -22,7 +22,7 @@ import pytest
 
 import parallelaverage as pa
 from parallelaverage import JobEndedWarning, NotReadyWarning, cancel_job, dont_submit, parallel, parallel_average, re_submit, wait
-from parallelaverage._jobdir import JobFiles
+from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.backends import base as base_backend
 from parallelaverage.backends import slurm as slurm_backend
 from parallelaverage.backends.slurm import SlurmBackend

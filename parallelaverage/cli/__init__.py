@@ -1,7 +1,7 @@
 """The ``parallelaverage`` command (also ``python -m parallelaverage``): the job database from a terminal.
 
 This module is the parser and the error boundary; the commands live in
-``parallelaverage._cli_commands``. Exit codes: 0 ok, 1 a job failed or has missing
+``parallelaverage.cli.commands``. Exit codes: 0 ok, 1 a job failed or has missing
 runs (``show``, ``wait``) or a runtime error, 2 a usage error (also an unknown job).
 Errors are one line on standard error, ``parallelaverage: error: ...``; warnings of
 the library are one line each, ``[parallelaverage] ...``.
@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
-from parallelaverage._cli_commands import PROG, UsageError, run
+from parallelaverage.cli.commands import PROG, UsageError, run
 from parallelaverage.jobdb import JobNotFoundError
 
 __all__ = ["main", "build_parser"]

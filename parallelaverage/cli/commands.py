@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parallelaverage._cleanup import cleanup
-from parallelaverage._cli_text import (
+from parallelaverage.cli.text import (
     age, crash_lines, ids_text, indent, launches_text, pairs_text, result_lines, table, when,
 )
 from parallelaverage.job import Job, prefetch_states

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from parallelaverage._trust import PICKLE_PROTOCOL, check_owner, loads_from, read_trusted
+from parallelaverage.jobfiles.trust import PICKLE_PROTOCOL, check_owner, loads_from, read_trusted
 from parallelaverage.runspace import RunSpace
 
 __all__ = ["OutputWriter", "OutputIndex", "encode_output", "to_json", "from_json"]

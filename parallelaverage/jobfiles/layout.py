@@ -10,10 +10,10 @@ Written by the caller (payload, launch plans, launch records) and by the ranks
       runs.json               the launch plan: which runs (as position ranges), which streams
       launch.json             how the launch was started (backend, pid or queue job id)
       submit_error.txt        why the queue refused the launch (then there is no launch.json)
-      rank-r<rank>.status     each rank's status record (parallelaverage._rankstatus)
-      snapshot-r<rank>.pkl    each rank's tally so far (parallelaverage._tally)
+      rank-r<rank>.status     each rank's status record (parallelaverage.jobfiles.rankstatus)
+      snapshot-r<rank>.pkl    each rank's tally so far (parallelaverage.jobfiles.tally)
       result.pkl              the launch's merged tally, written last by rank 0
-      outputs-r<rank>.bin|.jsonl  every run's output, appended once (parallelaverage._outputs)
+      outputs-r<rank>.bin|.jsonl  every run's output, appended once (parallelaverage.jobfiles.outputs)
       sealed.pkl              the launch's tally frozen when a later launch was made
       cancel_requested        a cancel that came while the launch was being made
       fatal-r<rank>.txt       why a rank could not start its runs
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from parallelaverage._atomic import atomic_write_bytes
-from parallelaverage._rankstatus import process_start_ticks
+from parallelaverage.jobfiles.rankstatus import process_start_ticks
 from parallelaverage.runspace import Positions, RunSpace
 
 __all__ = ["JobFiles", "LaunchPlan", "Creator"]

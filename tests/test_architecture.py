@@ -1,0 +1,139 @@
+"""The house's rules, checked on the code: which module may import which, and the public face.
+
+A call travels one way — decorators → job database → backends → MPI worker → statistics
+(see docs/architecture.md). These tests read every module's imports (without running
+it) and fail on an arrow that goes back: the ranks importing the caller's side, the job
+database importing anything above it, the job-folder formats importing the backends.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import parallelaverage
+
+PACKAGE = Path(parallelaverage.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """The parallelaverage modules a file imports (anywhere in it, lazy imports too)."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    found = set()
+    skipped = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}  # never executed
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("parallelaverage"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if not target.startswith("parallelaverage"):
+                continue
+            names_only_modules = True
+            for alias in node.names:  # `from parallelaverage import errors` imports a module
+                candidate = f"{target}.{alias.name}"
+                if (PACKAGE.parent / Path(*candidate.split("."))).with_suffix(".py").exists() or \
+                        (PACKAGE.parent / Path(*candidate.split("."))).is_dir():
+                    found.add(candidate)
+                else:
+                    names_only_modules = False
+            if not names_only_modules:
+                found.add(target)
+    found.discard(here)
+    return found
+
+
+GRAPH = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
+
+RANK_SIDE = {"parallelaverage.worker", "parallelaverage.mpi", "parallelaverage._allreduce",
+             "parallelaverage._context", "parallelaverage.stats", "parallelaverage._kernels",
+             "parallelaverage._launch_check", "parallelaverage.runspace", "parallelaverage.errors",
+             "parallelaverage._atomic"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
+
+
+def in_group(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_the_ranks_import_nothing_of_the_caller_side():
+    """What every MPI rank loads: the worker, the engine, the statistics, the job-folder formats."""
+    wrong = {(m, i) for m in RANK_SIDE for i in GRAPH.get(m, ()) if i != "parallelaverage" and i not in RANK_SIDE}
+    assert not wrong, sorted(wrong)
+
+
+def test_the_job_database_imports_nothing_above_it():
+    allowed = ("parallelaverage.jobdb", "parallelaverage.errors", "parallelaverage._atomic", "parallelaverage.runspace")
+    wrong = {(m, i) for m, found in GRAPH.items() if in_group(m, ("parallelaverage.jobdb",))
+             for i in found if not in_group(i, allowed)}
+    assert not wrong, sorted(wrong)
+
+
+def test_the_job_folder_layout_knows_nothing_of_statistics_and_the_formats_nothing_of_backends():
+    assert not {i for i in GRAPH["parallelaverage.jobfiles.layout"] if "stats" in i or "_kernels" in i}
+    above = ("parallelaverage.backends", "parallelaverage.jobdb", "parallelaverage.job", "parallelaverage._state",
+             "parallelaverage._decorators", "parallelaverage.cli", "parallelaverage.viewer")
+    wrong = {(m, i) for m, found in GRAPH.items() if in_group(m, ("parallelaverage.jobfiles",))
+             for i in found if in_group(i, above)}
+    assert not wrong, sorted(wrong)
+
+
+def test_backends_import_neither_each_other_nor_the_job_layer():
+    above = ("parallelaverage.job", "parallelaverage._state", "parallelaverage._decorators", "parallelaverage.cli",
+             "parallelaverage.viewer", "parallelaverage.jobdb")
+    for module, found in GRAPH.items():
+        if not in_group(module, ("parallelaverage.backends",)):
+            continue
+        assert not {i for i in found if in_group(i, above)}, module
+        if module.endswith(("local", "slurm", "slurm_script")):
+            siblings = {i for i in found if i.rsplit(".", 1)[-1] in ("local", "slurm") and i != module}
+            assert not siblings, (module, siblings)
+
+
+def test_no_circle_of_imports():
+    def reaches(start: str) -> set[str]:
+        seen, frontier = set(), [start]
+        while frontier:
+            for nxt in GRAPH.get(frontier.pop(), ()):
+                if nxt not in seen and nxt in GRAPH:
+                    seen.add(nxt)
+                    frontier.append(nxt)
+        return seen
+
+    circles = sorted(m for m in GRAPH if m in reaches(m))
+    assert circles == []
+
+
+def test_the_public_names_and_the_lazy_table_agree_and_each_has_a_docstring():
+    table = parallelaverage._WHERE
+    assert list(table) == parallelaverage.__all__
+    for name, where in table.items():
+        module = importlib.import_module(f"parallelaverage.{where}")
+        value = getattr(module, name)
+        assert getattr(parallelaverage, name) is value, name
+        if callable(value):
+            assert (value.__doc__ or "").strip(), f"parallelaverage.{name} has no docstring"
+
+
+@pytest.mark.parametrize("module", ["parallelaverage.mpi", "parallelaverage.stats", "parallelaverage.job",
+                                    "parallelaverage.runspace", "parallelaverage.errors", "parallelaverage.results"])
+def test_every_public_name_of_a_public_module_has_a_docstring(module):
+    loaded = importlib.import_module(module)
+    missing = [name for name in getattr(loaded, "__all__", [])
+               if callable(getattr(loaded, name)) and not (getattr(loaded, name).__doc__ or "").strip()]
+    assert missing == []
