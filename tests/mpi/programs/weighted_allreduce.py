@@ -80,6 +80,25 @@ for split in (False, True):
     complex_samples = noise + 1j * (2.0 - rng.standard_normal((n, k)))
     check("complex", complex_samples, rng.uniform(0, 2, n), owner, split)
 
+# values beyond 2**1021 on some ranks (the scaled path): the mean is exact, the
+# variance (beyond float64 here) inf, and its sign never flips
+for split in (False, True):
+    huge = 1e9 + rng.standard_normal((n, k))
+    huge[:, 0] = np.where(np.arange(n) % 3 == 0, 1.7e308, -1.6e308)
+    acc = Welford()
+    for i in np.nonzero(owner == rank)[0]:
+        acc.add(huge[i])
+    default = mpi.SPLIT_MIN_BYTES_PER_RANK
+    mpi.SPLIT_MIN_BYTES_PER_RANK = 0 if split else 1 << 40
+    try:
+        total = mpi.allreduce(acc, comm)
+    finally:
+        mpi.SPLIT_MIN_BYTES_PER_RANK = default
+    expected = exact_columns(huge, [1.0] * n)
+    assert np.all(np.abs(total.mean - expected["mean"]) <= 1e-15 * np.abs(expected["mean"])), (total.mean, expected["mean"])
+    assert total.variance[0] == np.inf and np.all(np.isfinite(total.variance[1:]))
+    assert same_bits(total._state)
+
 # a rank whose only samples have weight 0 contributes its count and nothing else
 acc = Welford()
 acc.add(np.full(3, float(rank)), weight=0.0 if rank == 0 else 1.0)
