@@ -64,6 +64,7 @@ enum { COUNT, NPOS, W_M, W_E, S_M, S_E, P_M, P_E, FLAGS, TAG };
 #define FORMAT_TAG 2.0
 #define FLAG_EXTREME 1
 #define FLAG_RECENTRE 2
+#define FLAG_NONFINITE 4 /* some element's mean is infinite or NaN */
 #define LIMIT 0x1p1021   /* below it no difference of the recurrence overflows */
 #define SCALE 16.0       /* the scaled path divides by this: exact */
 #define TINY 0x1p-1074   /* a positive weight fraction stays > 0: 0 * inf is NaN */
@@ -212,7 +213,7 @@ merge_coefficients(const double *h1, const double *h2, double *merged, merge_coe
     xf W2 = xf_get(h2, W_M), S2 = xf_get(h2, S_M), P2 = xf_get(h2, P_M);
     merged[COUNT] = h1[COUNT] + h2[COUNT];
     merged[NPOS] = h1[NPOS] + h2[NPOS];
-    merged[FLAGS] = (double)((((int)h1[FLAGS] | (int)h2[FLAGS]) & FLAG_EXTREME) | FLAG_RECENTRE);
+    merged[FLAGS] = (double)((((int)h1[FLAGS] | (int)h2[FLAGS]) & (FLAG_EXTREME | FLAG_NONFINITE)) | FLAG_RECENTRE);
     merged[TAG] = FORMAT_TAG;
     xf W12 = xf_mul(W1, W2);
     xf W = xf_add(W1, W2);
@@ -335,12 +336,15 @@ keep_or_masked(double old_value, double new_value, uint64_t keep)
     return r;
 }
 
-/* The update of one element; with RECENTRE the shift moves to the mean. */
-#define UPDATE_ELEMENT(DIFF, xi, i, RECENTRE)                                  \
+/* The update of one element; with RECENTRE the shift moves to the mean. The
+ * mean is m + f delta, or with GFORM (a state holding an infinite or NaN mean)
+ * g m + f d, which keeps an infinite mean infinite where m + f delta would
+ * make inf - inf. */
+#define UPDATE_ELEMENT(DIFF, xi, i, RECENTRE, GFORM)                           \
     {                                                                          \
         double d = DIFF(xi, shift[i]);                                         \
         double delta = d - mean[i];                                            \
-        double m = g * mean[i] + f * d;                                        \
+        double m = GFORM ? g * mean[i] + f * d : mean[i] + f * delta;          \
         double t = sb * delta;                                                 \
         u[i] = a * u[i] + t * t;                                               \
         if (RECENTRE) {                                                        \
@@ -357,31 +361,33 @@ keep_or_masked(double old_value, double new_value, uint64_t keep)
         }                                                                      \
     }
 
-#define DEFINE_UPDATE(NAME, T, DIFF, RECENTRE)                                 \
+#define DEFINE_UPDATE(NAME, T, DIFF, RECENTRE, GFORM)                          \
     KERNEL_CLONES static void NAME(const T *restrict x, double *restrict shift, \
                                    double *restrict mean, double *restrict u,  \
                                    Py_ssize_t k, add_coef c)                   \
     {                                                                          \
         const double f = c.f, g = c.g, a = c.a, sb = c.sb;                     \
-        for (Py_ssize_t i = 0; i < k; i++) UPDATE_ELEMENT(DIFF, x[i], i, RECENTRE) \
+        for (Py_ssize_t i = 0; i < k; i++) UPDATE_ELEMENT(DIFF, x[i], i, RECENTRE, GFORM) \
     }
 
 /* The first sample of positive weight becomes the shift (non-finite values
- * shift by 0: the mean is then +-inf or NaN, the variance NaN).  Returns
- * whether some shift is beyond LIMIT. */
+ * shift by 0: the mean is then +-inf or NaN, the variance NaN).  Returns the
+ * flags the state then needs: EXTREME if some shift is beyond LIMIT,
+ * NONFINITE if some value is infinite or NaN. */
 #define DEFINE_INIT(NAME, T, DIFF)                                             \
     static int NAME(const T *restrict x, double *restrict shift,               \
                     double *restrict mean, double *restrict u, Py_ssize_t k)   \
     {                                                                          \
-        int extreme = 0;                                                       \
+        int flags = 0;                                                         \
         for (Py_ssize_t i = 0; i < k; i++) {                                   \
             double v = (double)x[i];                                           \
             shift[i] = isfinite(v) ? v : 0.0;                                  \
             mean[i] = DIFF(x[i], shift[i]);                                    \
             u[i] = isfinite(mean[i]) ? 0.0 : NAN;                              \
-            extreme |= fabs(shift[i]) > LIMIT;                                 \
+            flags |= fabs(shift[i]) > LIMIT ? FLAG_EXTREME : 0;                \
+            flags |= isfinite(v) ? 0 : FLAG_NONFINITE;                         \
         }                                                                      \
-        return extreme;                                                        \
+        return flags;                                                          \
     }
 
 #define FOR_EACH_INPUT_TYPE(X)                                                 \
@@ -396,9 +402,12 @@ keep_or_masked(double old_value, double new_value, uint64_t keep)
     X(u32, uint32_t, DIFF_PLAIN)                                               \
     X(u64, uint64_t, DIFF_U64)
 
+/* four variants per input type: index recentre + 2 gform */
 #define DEFINE_ALL(SUFFIX, T, DIFF)                                            \
-    DEFINE_UPDATE(update_##SUFFIX, T, DIFF, 0)                                 \
-    DEFINE_UPDATE(update_recentre_##SUFFIX, T, DIFF, 1)                        \
+    DEFINE_UPDATE(update_##SUFFIX##_0, T, DIFF, 0, 0)                          \
+    DEFINE_UPDATE(update_##SUFFIX##_1, T, DIFF, 1, 0)                          \
+    DEFINE_UPDATE(update_##SUFFIX##_2, T, DIFF, 0, 1)                          \
+    DEFINE_UPDATE(update_##SUFFIX##_3, T, DIFF, 1, 1)                          \
     DEFINE_INIT(init_##SUFFIX, T, DIFF)
 FOR_EACH_INPUT_TYPE(DEFINE_ALL)
 
@@ -426,10 +435,10 @@ update_scaled(double x, double *shift, double *mean, double *u, add_coef c)
 }
 
 /* The float64 update of a state without EXTREME, vectorized: elements whose
- * value lies beyond LIMIT or is infinite are left as they were (a blend, in
- * the same pass: no extra sweep over memory), and the return value says
- * whether there were any; update_f64_careful then does them one by one. */
-#define DEFINE_GUARDED(NAME, RECENTRE)                                         \
+ * value lies beyond LIMIT or is infinite or NaN are left as they were (a
+ * blend, in the same pass: no extra sweep over memory), and the return value
+ * says whether there were any; update_f64_careful then does them one by one. */
+#define DEFINE_GUARDED(NAME, RECENTRE, GFORM)                                  \
     KERNEL_CLONES static int NAME(const double *restrict x, double *restrict shift, \
                                   double *restrict mean, double *restrict u,   \
                                   Py_ssize_t k, add_coef c)                    \
@@ -438,10 +447,10 @@ update_scaled(double x, double *shift, double *mean, double *u, add_coef c)
         uint64_t any_beyond = 0;                                               \
         for (Py_ssize_t i = 0; i < k; i++) {                                   \
             double xi = x[i], s0 = shift[i], m0 = mean[i], u0 = u[i];          \
-            uint64_t beyond = -(uint64_t)(fabs(xi) > LIMIT);                   \
+            uint64_t beyond = -(uint64_t)!(fabs(xi) <= LIMIT);                 \
             double d = xi - s0;                                                \
             double delta = d - m0;                                             \
-            double m = g * m0 + f * d;                                         \
+            double m = GFORM ? g * m0 + f * d : m0 + f * delta;                \
             double t = sb * delta;                                             \
             double nu = a * u0 + t * t;                                        \
             if (RECENTRE) {                                                    \
@@ -458,58 +467,88 @@ update_scaled(double x, double *shift, double *mean, double *u, add_coef c)
         }                                                                      \
         return any_beyond != 0;                                                \
     }
-DEFINE_GUARDED(update_guarded_f64, 0)
-DEFINE_GUARDED(update_guarded_recentre_f64, 1)
+DEFINE_GUARDED(update_guarded_f64_0, 0, 0)
+DEFINE_GUARDED(update_guarded_f64_1, 1, 0)
+DEFINE_GUARDED(update_guarded_f64_2, 0, 1)
+DEFINE_GUARDED(update_guarded_f64_3, 1, 1)
+
+typedef int (*guarded_fn)(const double *, double *, double *, double *, Py_ssize_t, add_coef);
+static const guarded_fn update_guarded_f64[4] = {
+    update_guarded_f64_0, update_guarded_f64_1, update_guarded_f64_2, update_guarded_f64_3};
 
 /* Float64 elements one by one: the scaled path for a finite value beyond LIMIT
  * (or, in an EXTREME state, a shift beyond it), the plain update otherwise;
- * with only_beyond, the elements whose value is beyond LIMIT or infinite only. */
+ * with only_beyond, the elements whose value is beyond LIMIT, infinite or NaN
+ * only. Returns FLAG_EXTREME if an element took the scaled path, with
+ * FLAG_NONFINITE if a value was infinite or NaN. */
 static int
 update_f64_careful(const double *x, double *shift, double *mean, double *u, Py_ssize_t k,
-                   add_coef c, int recentre, int extreme, int only_beyond)
+                   add_coef c, int variant, int extreme, int only_beyond)
 {
     const double f = c.f, g = c.g, a = c.a, sb = c.sb;
-    int scaled = 0;
+    int flags = 0;
     for (Py_ssize_t i = 0; i < k; i++) {
-        if (only_beyond && !(fabs(x[i]) > LIMIT)) {
+        if (only_beyond && fabs(x[i]) <= LIMIT) {
             continue;
+        }
+        if (!isfinite(x[i])) {
+            flags |= FLAG_NONFINITE;
         }
         if ((fabs(x[i]) > LIMIT && isfinite(x[i])) || (extreme && fabs(shift[i]) > LIMIT)) {
             update_scaled(x[i], shift + i, mean + i, u + i, c);
-            scaled = 1;
+            flags |= FLAG_EXTREME;
         }
-        else if (recentre) UPDATE_ELEMENT(DIFF_PLAIN, x[i], i, 1)
-        else UPDATE_ELEMENT(DIFF_PLAIN, x[i], i, 0)
+        else {
+            switch (variant) {
+            case 0: UPDATE_ELEMENT(DIFF_PLAIN, x[i], i, 0, 0) break;
+            case 1: UPDATE_ELEMENT(DIFF_PLAIN, x[i], i, 1, 0) break;
+            case 2: UPDATE_ELEMENT(DIFF_PLAIN, x[i], i, 0, 1) break;
+            default: UPDATE_ELEMENT(DIFF_PLAIN, x[i], i, 1, 1) break;
+            }
+        }
     }
-    return scaled;
+    return flags;
 }
 
-/* A float64 sample; returns whether any element took the scaled path. Tiny
+/* A float64 sample; returns the flags it sets (see update_f64_careful). Tiny
  * samples (a Python float) go element by element: the vector loop's set-up
  * costs more than it saves there. */
 static int
 update_f64_any(const double *x, double *shift, double *mean, double *u, Py_ssize_t k,
-               add_coef c, int recentre, int extreme)
+               add_coef c, int variant, int extreme)
 {
     if (extreme || k < 8) {
-        return update_f64_careful(x, shift, mean, u, k, c, recentre, extreme, 0);
+        return update_f64_careful(x, shift, mean, u, k, c, variant, extreme, 0);
     }
-    int any_beyond = (recentre ? update_guarded_recentre_f64 : update_guarded_f64)(x, shift, mean, u, k, c);
-    return any_beyond ? update_f64_careful(x, shift, mean, u, k, c, recentre, 0, 1) : 0;
+    int any_beyond = update_guarded_f64[variant](x, shift, mean, u, k, c);
+    return any_beyond ? update_f64_careful(x, shift, mean, u, k, c, variant, 0, 1) : 0;
+}
+
+/* FLAG_NONFINITE if some float32 value is infinite or NaN (float32 values never
+ * exceed LIMIT, and infinities are updated like any value: only the flag). */
+static int
+f32_flags(const float *x, Py_ssize_t n)
+{
+    int finite = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        finite &= isfinite(x[i]);
+    }
+    return finite ? 0 : FLAG_NONFINITE;
 }
 
 typedef void (*update_fn)(const void *, double *, double *, double *, Py_ssize_t, add_coef);
 typedef int (*init_fn)(const void *, double *, double *, double *, Py_ssize_t);
 
 typedef struct {
-    update_fn update, update_recentre;
+    update_fn update[4]; /* index: recentre + 2 gform */
     init_fn init;
-    int is_f64;        /* float64 values: may exceed LIMIT */
+    int real;          /* 2 for float64 values (may exceed LIMIT), 1 for float32, 0 for integers */
     int complex_pairs; /* 1 if each buffer item holds two values (re, im) */
 } input_kind;
 
-#define KIND(SUFFIX, IS_F64, PAIRS) \
-    {(update_fn)update_##SUFFIX, (update_fn)update_recentre_##SUFFIX, (init_fn)init_##SUFFIX, IS_F64, PAIRS}
+#define KIND(SUFFIX, REAL, PAIRS)                                                          \
+    {{(update_fn)update_##SUFFIX##_0, (update_fn)update_##SUFFIX##_1, (update_fn)update_##SUFFIX##_2, \
+      (update_fn)update_##SUFFIX##_3}, (init_fn)init_##SUFFIX, REAL, PAIRS}
 
 /* Map a PEP 3118 format string + itemsize to a kernel; 0 when unsupported. */
 static int
@@ -540,8 +579,8 @@ select_kind(const char *format, Py_ssize_t itemsize, input_kind *out)
     }
     char ch = format[0];
     Py_ssize_t size = pairs ? itemsize / 2 : itemsize;
-    if (ch == 'd' && size == 8) { *out = (input_kind)KIND(f64, 1, pairs); return 1; }
-    if (ch == 'f' && size == 4) { *out = (input_kind)KIND(f32, 0, pairs); return 1; }
+    if (ch == 'd' && size == 8) { *out = (input_kind)KIND(f64, 2, pairs); return 1; }
+    if (ch == 'f' && size == 4) { *out = (input_kind)KIND(f32, 1, pairs); return 1; }
     if (pairs) {
         return 0;
     }
@@ -570,26 +609,30 @@ add_sample(double *st, Py_ssize_t k, const void *x, const input_kind *kind, doub
     }
     int flags = (int)st[FLAGS];
     if (st[W_M] == 0.0) {
-        int extreme = kind->init(x, shift, mean, u, k);
+        int set = kind->init(x, shift, mean, u, k);
         xf wx = xf_of(w);
         xf_set(st, W_M, wx);
         xf_set(st, S_M, xf_mul(wx, wx));
         xf_set(st, P_M, (xf){0.0, 0});
         st[NPOS] = 1.0;
-        st[FLAGS] = extreme ? FLAG_EXTREME : 0.0;
+        st[FLAGS] = (double)set;
         return;
     }
     add_coef c = add_coefficients(st, w);
     st[NPOS] += 1.0;
     int recentre = (flags & FLAG_RECENTRE) || recentres(st[NPOS]);
-    int scaled = 0;
-    if (kind->is_f64) {
-        scaled = update_f64_any(x, shift, mean, u, k, c, recentre, flags & FLAG_EXTREME);
+    int variant = (recentre ? 1 : 0) + ((flags & FLAG_NONFINITE) ? 2 : 0);
+    int set = 0;
+    if (kind->real == 2) {
+        set = update_f64_any(x, shift, mean, u, k, c, variant, flags & FLAG_EXTREME);
     }
     else {
-        (recentre ? kind->update_recentre : kind->update)(x, shift, mean, u, k, c);
+        if (kind->real == 1) {
+            set = f32_flags(x, k);
+        }
+        kind->update[variant](x, shift, mean, u, k, c);
     }
-    st[FLAGS] = (double)((flags | (scaled ? FLAG_EXTREME : 0)) & ~FLAG_RECENTRE);
+    st[FLAGS] = (double)((flags | set) & ~FLAG_RECENTRE);
 }
 
 /* -------------------------------------------------------------- merges */
@@ -841,7 +884,7 @@ native_add(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (PyFloat_CheckExact(args[1]) && s.k == 1) {
         /* a Python float into a scalar state: no buffer to acquire */
         double value = PyFloat_AS_DOUBLE(args[1]);
-        input_kind kind = KIND(f64, 1, 0);
+        input_kind kind = KIND(f64, 2, 0);
         add_sample(s.data, 1, &value, &kind, w);
         PyBuffer_Release(&s.view);
         Py_RETURN_NONE;

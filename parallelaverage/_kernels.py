@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parallelaverage._packed import (
-    COUNT, EXTREME, FLAGS, FORMAT_TAG, HEADER, LIMIT, NPOS, RECENTRE, SCALE, TAG, W_M, add_coefficients,
+    COUNT, EXTREME, FLAGS, FORMAT_TAG, HEADER, LIMIT, NONFINITE, NPOS, RECENTRE, SCALE, TAG, W_M, add_coefficients,
     empty_state, merge_coefficients, recentres, second_goes_first, start_weights, two_sum,
 )
 from parallelaverage._packed import sections as _sections
@@ -78,19 +78,22 @@ def _difference(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.where(ok, exact, x.astype(np.float64) - shift)
 
 
-def _init(x: np.ndarray, shift: np.ndarray, mean: np.ndarray, u: np.ndarray) -> bool:
-    """The first sample of positive weight: it becomes the shift. Returns whether some
-    value is beyond ``LIMIT``."""
+def _init(x: np.ndarray, shift: np.ndarray, mean: np.ndarray, u: np.ndarray) -> int:
+    """The first sample of positive weight: it becomes the shift. Returns the flags the
+    state then needs (``EXTREME``, ``NONFINITE``)."""
     xd = x.astype(np.float64)
-    np.copyto(shift, np.where(np.isfinite(xd), xd, 0.0))
+    finite = np.isfinite(xd)
+    np.copyto(shift, np.where(finite, xd, 0.0))
     np.copyto(mean, _difference(x, shift))
     np.copyto(u, np.where(np.isfinite(mean), 0.0, np.nan))
-    return bool(np.any(np.abs(shift) > LIMIT))
+    return (EXTREME if np.any(np.abs(shift) > LIMIT) else 0) | (0 if finite.all() else NONFINITE)
 
 
 def _update(x: np.ndarray, shift: np.ndarray, mean: np.ndarray, u: np.ndarray,
-            f: float, g: float, a: float, sb: float, recentre: bool, extreme: bool) -> bool:
+            f: float, g: float, a: float, sb: float, recentre: bool, extreme: bool, gform: bool) -> bool:
     """One weighted sample into the elements; returns whether the scaled path was taken.
+    The mean is ``m + f delta``, or ``g m + f d`` (``gform``, a state with a non-finite
+    mean), as in the C kernel.
 
     Block by block, so that the temporaries stay in the cache (large ones page-fault);
     in place where the C kernel's order of operations allows it, for the same bits.
@@ -105,9 +108,12 @@ def _update(x: np.ndarray, shift: np.ndarray, mean: np.ndarray, u: np.ndarray,
                 old = sh[big], me[big], uu[big]
             d = _difference(xb, sh)
             delta = d - me
-            d *= f
-            me *= g
-            me += d  # g * mean + f * d
+            if gform:
+                d *= f
+                me *= g
+                me += d  # g * mean + f * d
+            else:
+                me += f * delta  # mean + f * delta
             delta *= sb
             delta *= delta
             uu *= a
@@ -171,15 +177,16 @@ def add_reference(state: np.ndarray, sample: Any, weight: float) -> None:
         return  # a zero weight changes nothing but the count, not even with a NaN
     flags = int(state[FLAGS])
     if state[W_M] == 0.0:
-        extreme = _init(x, shift, mean, u)
+        set_flags = _init(x, shift, mean, u)
         start_weights(state, w)
-        state[FLAGS] = float(EXTREME if extreme else 0)
+        state[FLAGS] = float(set_flags)
         return
     f, g, a, sb = add_coefficients(state, w)
     state[NPOS] += 1.0
     recentre = bool(flags & RECENTRE) or recentres(int(state[NPOS]))
-    scaled = _update(x, shift, mean, u, f, g, a, sb, recentre, bool(flags & EXTREME))
-    state[FLAGS] = float((flags | (EXTREME if scaled else 0)) & ~RECENTRE)
+    scaled = _update(x, shift, mean, u, f, g, a, sb, recentre, bool(flags & EXTREME), bool(flags & NONFINITE))
+    nonfinite = x.dtype == np.float64 and not np.all(np.isfinite(x))
+    state[FLAGS] = float((flags | (EXTREME if scaled else 0) | (NONFINITE if nonfinite else 0)) & ~RECENTRE)
 
 
 def _as_state(buffer: Any, name: str = "state", check_tag: bool = True) -> np.ndarray:

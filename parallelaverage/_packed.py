@@ -11,7 +11,8 @@ three sections of ``k`` elements each (``native/welford.c`` says why):
   mantissa in [0.5, 1) and an exponent, so that no sum of finite weights overflows or
   underflows, and ``P`` never suffers the cancellation of ``W**2 - S``;
 * ``flags``: ``EXTREME`` (some element saw a finite value beyond ``LIMIT``: its updates
-  take the scaled path) and ``RECENTRE`` (the next add moves the shifts, set by merges);
+  take the scaled path), ``RECENTRE`` (the next add moves the shifts, set by merges)
+  and ``NONFINITE`` (some element's mean is infinite or NaN);
 * ``tag``: ``FORMAT_TAG``, the version of this layout;
 * ``shift``: a reference value per element, taken from the first sample of positive
   weight and later moved to the running mean; ``mean``: the weighted mean minus the
@@ -31,7 +32,7 @@ import numpy as np
 
 __all__ = [
     "HEADER", "COUNT", "NPOS", "W_M", "W_E", "S_M", "S_E", "P_M", "P_E", "FLAGS", "TAG",
-    "FORMAT_TAG", "EXTREME", "RECENTRE", "LIMIT", "empty_state", "sections", "recentres",
+    "FORMAT_TAG", "EXTREME", "RECENTRE", "NONFINITE", "LIMIT", "empty_state", "sections", "recentres",
     "weight_sums", "start_weights", "add_coefficients", "merge_coefficients", "merge_headers",
     "second_goes_first", "two_sum", "checked_state", "SCALE",
 ]
@@ -41,6 +42,10 @@ COUNT, NPOS, W_M, W_E, S_M, S_E, P_M, P_E, FLAGS, TAG = range(HEADER)
 FORMAT_TAG = 2.0
 EXTREME = 1
 RECENTRE = 2
+NONFINITE = 4
+"""Some element's mean is infinite or NaN: adds then use ``g m + f d`` for the mean,
+which keeps an infinite mean infinite (``m + f delta``, one rounding fewer, is used
+otherwise)."""
 LIMIT = 2.0**1021
 """Finite values beyond this take the scaled path: below it no difference of the
 recurrence can overflow (shift, x <= 2**1021, mean - shift <= 2**1022, delta <= 2**1023)."""
@@ -205,7 +210,7 @@ def merge_coefficients(h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, tupl
     merged = np.zeros(HEADER)
     merged[COUNT] = h1[COUNT] + h2[COUNT]
     merged[NPOS] = h1[NPOS] + h2[NPOS]
-    merged[FLAGS] = float((int(h1[FLAGS]) | int(h2[FLAGS])) & EXTREME | RECENTRE)
+    merged[FLAGS] = float((int(h1[FLAGS]) | int(h2[FLAGS])) & (EXTREME | NONFINITE) | RECENTRE)
     merged[TAG] = FORMAT_TAG
     W12 = _xf_mul(W1, W2)
     W = _xf_add(W1, W2)
@@ -290,8 +295,8 @@ def _check_header(h: np.ndarray) -> None:
     _check_count(npos, "npos (samples of positive weight)", count)
     if h[TAG] != FORMAT_TAG:
         _fail(f"format tag is {h[TAG]!r}, expected {FORMAT_TAG}")
-    if h[FLAGS] not in (0.0, 1.0, 2.0, 3.0):
-        _fail(f"flags is {h[FLAGS]!r}, not a combination of EXTREME (1) and RECENTRE (2)")
+    if h[FLAGS] not in tuple(float(f) for f in range(8)):
+        _fail(f"flags is {h[FLAGS]!r}, not a combination of EXTREME (1), RECENTRE (2) and NONFINITE (4)")
     sums = {}
     for name, slot in (("total weight W", W_M), ("sum of squared weights S", S_M), ("pair sum P", P_M)):
         m, e = float(h[slot]), float(h[slot + 1])
@@ -322,6 +327,8 @@ def _check_sections(state: np.ndarray, k: int) -> None:
         _fail("the shift section holds non-finite values")
     if np.any(u < 0.0):
         _fail("the variance section holds negative values")
+    if not int(state[FLAGS]) & NONFINITE and not np.all(np.isfinite(mean)):
+        _fail(f"infinite or NaN means need the NONFINITE flag ({NONFINITE})")
     if not int(state[FLAGS]) & EXTREME:
         finite = np.isfinite(mean)
         if np.any(np.abs(shift) > LIMIT) or np.any(np.abs(mean[finite]) > _MEAN_BOUND):
@@ -362,5 +369,6 @@ def _from_legacy(old: np.ndarray, k: int) -> np.ndarray:
     _set_xf(state, S_M, _xf_div(W2, _xf(count)))
     _set_xf(state, P_M, _xf_div(_xf_mul(W2, _xf(count - 1.0)), _xf(count)) if count > 1 else (0.0, 0))
     extreme = np.any(np.abs(shift) > LIMIT) or np.any(np.abs(mean[np.isfinite(mean)]) > _MEAN_BOUND)
-    state[FLAGS] = float(RECENTRE | (EXTREME if extreme else 0))
+    nonfinite = not np.all(np.isfinite(mean))
+    state[FLAGS] = float(RECENTRE | (EXTREME if extreme else 0) | (NONFINITE if nonfinite else 0))
     return state

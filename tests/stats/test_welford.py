@@ -300,6 +300,16 @@ def test_inf_and_nan_rules(values, mean):
             assert math.isnan(acc.variance) and math.isnan(acc.sem)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64, np.float64])
+def test_an_infinity_after_finite_samples_stays_infinite(dtype):
+    """Finite samples first (the mean is then updated as m + f delta), an infinity,
+    finite samples again (g m + f d from then on, which keeps it)."""
+    samples = np.array([[1.0, 2.0], [np.inf, 3.0], [4.0, 5.0], [6.0, -np.inf]], dtype=dtype)
+    acc = accumulate(samples)
+    assert np.array_equal(acc.mean, np.array([np.inf, -np.inf], dtype=dtype))
+    assert np.all(np.isnan(acc.variance))
+
+
 def test_inf_and_nan_stay_in_their_element_and_zero_weights_ignore_them():
     samples = np.array([[1.0, np.nan, np.inf], [2.0, 1.0, 1.0], [3.0, 2.0, 2.0]])
     acc = accumulate(samples)
@@ -512,7 +522,8 @@ SECTION = _packed.HEADER  # the shift section of these 2-element states; u start
     (_state(packed={_packed.W_M: 2.0}), "total weight W"),
     (_state(packed={_packed.S_E: 0.5}), "sum of squared weights"),
     (_state(packed={_packed.P_M: 0.9}), "inconsistent"),
-    (_state(packed={_packed.FLAGS: 7.0}), "flags"),
+    (_state(packed={_packed.FLAGS: 8.0}), "flags"),
+    (_state(packed={_packed.HEADER + 2: np.inf}), "NONFINITE"),
     (_state(packed={_packed.TAG: 1.0}), "format tag"),
     (_state(packed={SECTION + 2 * 2: -1.0}), "variance section"),
     (_state(packed={SECTION: np.inf}), "shift section"),
