@@ -311,7 +311,7 @@ def _select() -> tuple[Callable[..., None], Callable[..., None], Callable[..., N
     except ImportError as error:  # pragma: no cover - exercised only on broken installs
         warnings.warn(
             f"parallelaverage._native could not be imported ({error}); using the pure-numpy "
-            "kernels, which are about 3x slower. Reinstall with a C compiler available "
+            "kernels, which are about 10x slower. Reinstall with a C compiler available "
             "(pip install --force-reinstall parallelaverage) to get the compiled ones.",
             RuntimeWarning,
             stacklevel=3,

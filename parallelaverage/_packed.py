@@ -181,6 +181,16 @@ def add_coefficients(header: np.ndarray, w: float) -> tuple[float, float, float,
     With ``W`` the weight before and ``W' = W + w`` after, ``f = w / W'``, ``g = W / W'``,
     ``a = P W' / (W P')`` and ``sb**2 = w W / P'`` where ``P' = P + 2 w W``.
     """
+    if (abs(header[W_E]) <= 300.0 and abs(header[S_E]) <= 300.0 and (header[P_M] == 0.0 or abs(header[P_E]) <= 300.0)
+            and 2.0**-300 <= w <= 2.0**300):
+        # every value below stays normal: plain floats round exactly as the
+        # unlimited-range arithmetic does (the C kernel takes the same shortcut)
+        W_f, S_f, P_f = (math.ldexp(header[slot], int(header[slot + 1])) for slot in (W_M, S_M, P_M))
+        W_new_f, P_new_f = W_f + w, P_f + 2.0 * (w * W_f)
+        _set_xf(header, W_M, _xf(W_new_f))
+        _set_xf(header, S_M, _xf(S_f + w * w))
+        _set_xf(header, P_M, _xf(P_new_f))
+        return w / W_new_f, W_f / W_new_f, (P_f * W_new_f) / (W_f * P_new_f), math.sqrt((w * W_f) / P_new_f)
     W, S, P, wx = _xf_of(header, W_M), _xf_of(header, S_M), _xf_of(header, P_M), _xf(w)
     W_new = _xf_add(W, wx)
     P_new = _xf_add(P, _xf_twice(_xf_mul(wx, W)))
