@@ -2,7 +2,7 @@
 
     python bench/mpi.py [--ranks 2 4] [--sizes 1e5 1e6 1e7] [--crossover]
 
-* allreduce of a Welford state of n float64 elements (3n + 2 doubles on the wire)
+* allreduce of a Welford state of n float64 elements (3n + 10 doubles on the wire)
   versus a plain SUM ``Allreduce`` of the same number of doubles;
 * the shared counter: claims per second per rank with ``chunk=1`` and an empty body;
 * per-run engine overhead: a trivial function returning 10 floats, 20,000 runs,

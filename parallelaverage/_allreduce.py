@@ -18,11 +18,13 @@ Each rank sends ``2 (P'-1)/P'`` states' worth of bytes and merges ``(P'-1)/P'`` 
 state, as a SUM ``Allreduce`` of the same bytes does, instead of log2(P) whole states.
 Every slice is merged on exactly one rank, so all ranks end with identical bits.
 
-A slice ``lo..hi-1`` covers those elements of all three sections (shift, mean, m2)
+A slice ``lo..hi-1`` covers those elements of all three sections (shift, mean, u)
 and travels as three contiguous messages (an indexed datatype measured up to 3x
-slower under Open MPI, which packs it). Chan's merge needs the weights of both sides,
-which are the sums of the ranks' headers over the two halves of the current group:
-the caller gathers the headers once, before the exchanges.
+slower under Open MPI, which packs it). Chan's merge needs the headers of both sides
+(weights, sums of squared weights, counts), which are the merged headers of the ranks
+in the two halves of the current group: the caller gathers the headers once, before
+the exchanges, and every rank merges them in the same order
+(:func:`parallelaverage._packed.merge_headers`).
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ from typing import Sequence
 import numpy as np
 from mpi4py import MPI
 
-from parallelaverage import _kernels
+from parallelaverage import _kernels, _packed
 
 __all__ = ["merge_states"]
 
-Header = tuple[float, float]  # (count, W) of one rank's state
+Header = np.ndarray  # the HEADER values of one rank's packed state (_packed.py)
 
 
 def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Intracomm) -> None:
     """Write the merge of every rank's packed state into ``out`` on every rank.
 
     Collective. ``send`` is this rank's state and may be ``out`` itself (in place);
-    otherwise ``send`` is only read. ``headers[r]`` is rank r's ``(count, W)``, the same
-    list on every rank. All states have the same number of elements, at least the
+    otherwise ``send`` is only read. ``headers[r]`` is rank r's header, the same list on
+    every rank. All states have the same number of elements, at least the
     largest power of two not above ``comm.size``.
     """
     comm = _private_twin(comm)
@@ -53,13 +55,13 @@ def merge_states(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], c
         _merge_into(send, out, headers, comm, scratch)
     finally:
         _give_back(scratch)
-    out[0], out[1] = _sum_headers(headers)
+    out[: _packed.HEADER] = _merged_header(headers)
 
 
 def _merge_into(send: np.ndarray, out: np.ndarray, headers: Sequence[Header], comm: MPI.Intracomm, scratch: np.ndarray) -> None:
     """The three phases of :func:`merge_states` (headers of ``out`` not set)."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    k = (out.size - _kernels.HEADER) // 3
+    k = (out.size - _packed.HEADER) // 3
     pof2 = 1 << (size.bit_length() - 1)
     extra = size - pof2
     folded = _fold_headers(headers, extra)
@@ -132,18 +134,22 @@ def _private_twin(comm: MPI.Intracomm) -> MPI.Intracomm:
 
 def _fold_headers(headers: Sequence[Header], extra: int) -> list[Header]:
     """Headers after the fold: the first ``extra`` pairs of ranks count as one rank each."""
-    pairs = [_sum_headers(headers[2 * i : 2 * i + 2]) for i in range(extra)]
+    pairs = [_merged_header(headers[2 * i : 2 * i + 2]) for i in range(extra)]
     return pairs + list(headers[2 * extra :])
 
 
 def _group_header(headers: Sequence[Header], member: int, distance: int) -> Header:
     """The header of the block of ``distance`` (folded) ranks containing ``member``."""
     first = member - member % distance
-    return _sum_headers(headers[first : first + distance])
+    return _merged_header(headers[first : first + distance])
 
 
-def _sum_headers(headers: Sequence[Header]) -> Header:
-    return (sum(h[0] for h in headers), sum(h[1] for h in headers))
+def _merged_header(headers: Sequence[Header]) -> Header:
+    """The header of the merge of consecutive ranks' states, merged left to right."""
+    merged = headers[0]
+    for header in headers[1:]:
+        merged = _packed.merge_headers(merged, header)
+    return merged
 
 
 def _landing(send: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -154,23 +160,9 @@ def _landing(send: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarr
 
 
 def _merge_slice(out: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int, header_a: Header, header_b: Header) -> None:
-    """``out = a (+) b`` on elements lo..hi-1, where either side may hold no sample;
-    ``out`` may be ``a`` or ``b``."""
-    if header_b[0] == 0.0:
-        if out is not a:
-            _copy_slice(out, a, lo, hi)
-    elif header_a[0] == 0.0:
-        if out is not b:
-            _copy_slice(out, b, lo, hi)
-    else:
-        _kernels.merge_range(out, a, b, lo, hi, header_a[1], header_b[1])
-
-
-def _copy_slice(out: np.ndarray, source: np.ndarray, lo: int, hi: int) -> None:
-    k = (out.size - _kernels.HEADER) // 3
-    for section in range(3):
-        start = _kernels.HEADER + section * k
-        out[start + lo : start + hi] = source[start + lo : start + hi]
+    """``out = a (+) b`` on elements lo..hi-1; either side may hold no sample, or only
+    zero weights (the kernel then copies the other); ``out`` may be ``a`` or ``b``."""
+    _kernels.merge_range(out, a, b, lo, hi, header_a, header_b)
 
 
 def _exchange(
@@ -183,7 +175,7 @@ def _exchange(
     """
     requests = []
     for section in range(3):
-        start = _kernels.HEADER + section * k
+        start = _packed.HEADER + section * k
         requests.append(comm.Irecv(receive[start + keep[0] : start + keep[1]], partner, _TAG + section))
         requests.append(comm.Isend(send[start + give[0] : start + give[1]], partner, _TAG + section))
     MPI.Request.Waitall(requests)

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from mpi4py import MPI
 
-from parallelaverage import _allreduce, _context, _kernels
+from parallelaverage import _allreduce, _context, _kernels, _packed
 from parallelaverage.stats import Welford, _promote_to_complex
 
 __all__ = ["dynamic_range", "allreduce", "CHUNK_TARGET_S", "SPLIT_MIN_BYTES_PER_RANK"]
@@ -194,25 +194,30 @@ def _allreduce_whole(send: np.ndarray, receive: np.ndarray, in_place: bool, comm
 _MAX_DIMS = 64  # numpy's limit on ndim
 
 
-def _gather_layouts(acc: Welford, comm: MPI.Intracomm) -> tuple[set[tuple[tuple[int, ...], bool]], list[tuple[float, float]]]:
-    """Every rank's ``(count, W)``, and the ``(shape, is_complex)`` of the non-empty ones.
+def _gather_layouts(acc: Welford, comm: MPI.Intracomm) -> tuple[set[tuple[tuple[int, ...], bool]], list[np.ndarray]]:
+    """Every rank's packed header, and the ``(shape, is_complex)`` of the non-empty ones.
 
-    One ``Allgather`` of a fixed-size float64 record (count, W, complex, ndim, dims):
-    a pickled ``allgather`` costs twice as long, and on oversubscribed cores every
-    extra microsecond of a collective is paid by all ranks.
+    One ``Allgather`` of a fixed-size float64 record (header, complex, ndim, dims): a
+    pickled ``allgather`` costs twice as long, and on oversubscribed cores every extra
+    microsecond of a collective is paid by all ranks.
     """
-    record = np.zeros(4 + _MAX_DIMS)
-    record[0], record[1] = acc.count, acc.total_weight
-    shape = acc.shape
-    if acc.count and shape is not None:
-        record[2], record[3] = acc._complex, len(shape)
-        record[4 : 4 + len(shape)] = shape
+    h = _packed.HEADER
+    record = np.zeros(h + 2 + _MAX_DIMS)
+    state, shape = acc._state, acc.shape
+    if acc.count and state is not None and shape is not None:
+        record[:h] = state[:h]
+        record[h], record[h + 1] = acc._complex, len(shape)
+        record[h + 2 : h + 2 + len(shape)] = shape
+    else:
+        record[:h] = _packed.empty_state(0)
     records = np.empty((comm.Get_size(), record.size))
     comm.Allgather(record, records)
     layouts = {
-        (tuple(int(d) for d in row[4 : 4 + int(row[3])]), bool(row[2])) for row in records if row[0] > 0
+        (tuple(int(d) for d in row[h + 2 : h + 2 + int(row[h + 1])]), bool(row[h]))
+        for row in records
+        if row[_packed.COUNT] > 0
     }
-    return layouts, [(float(row[0]), float(row[1])) for row in records]
+    return layouts, [row[:h].copy() for row in records]
 
 
 def allreduce(acc: Welford, comm: MPI.Intracomm | None = None, *, inplace: bool = False) -> Welford:
@@ -253,7 +258,7 @@ def allreduce(acc: Welford, comm: MPI.Intracomm | None = None, *, inplace: bool 
     k = int(np.prod(shape, dtype=np.int64)) * (2 if is_complex else 1)
     state = acc._state
     if acc.count == 0 or state is None:
-        send = _kernels.empty_state(k)
+        send = _packed.empty_state(k)
     elif is_complex and not acc._complex:
         send = _promote_to_complex(state)
     else:

@@ -58,8 +58,9 @@ class AveragedResult(np.lib.mixins.NDArrayOperatorsMixin):
 
     Attributes:
         data: the mean (numpy array or scalar).
-        estimated_error: standard error of the mean, ``sqrt(variance / n)``.
-        estimated_variance: unbiased variance of the samples.
+        estimated_error: standard error of the mean, ``sqrt(variance / n_eff)`` (Kish's
+            effective count; ``n`` for unweighted runs).
+        estimated_variance: unbiased variance of the samples (reliability weights).
         successful_run_ids, failed_run_ids: sorted run ids.
         runs: the per-run outputs (``RunOutputs``) when the job kept them, else None.
         job_name: the job this result belongs to.

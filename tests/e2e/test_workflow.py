@@ -153,7 +153,10 @@ def test_weighted_samples(tmp_path):
     weights = 1.0 + runs % 3
     assert np.allclose(result.data, [np.average(runs, weights=weights), 2 * np.average(runs, weights=weights)])
     m2 = np.sum(weights * (runs - np.average(runs, weights=weights)) ** 2)
-    assert np.isclose(result.estimated_variance[0], 30 / 29 * m2 / weights.sum())
+    total, squares = weights.sum(), np.sum(weights**2)
+    # the unbiased variance with reliability weights, and Kish's effective count (docs/statistics.md)
+    assert np.isclose(result.estimated_variance[0], m2 / (total - squares / total))
+    assert np.isclose(result.estimated_error[0], np.sqrt(result.estimated_variance[0] * squares / total**2))
 
 
 @pytest.mark.parametrize("encoding", ["pickle", "json"])
