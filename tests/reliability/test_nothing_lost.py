@@ -507,7 +507,7 @@ def test_every_unpickling_goes_through_the_trust_gate():
 
     package = Path(pa.__file__).parent
     calls_outside = [f"{path.relative_to(package)}:{number}: {line.strip()}"
-                     for path in package.rglob("*.py") if path.name != "_trust.py"
+                     for path in package.rglob("*.py") if path.relative_to(package) != Path("jobfiles", "trust.py")
                      for number, line in enumerate(path.read_text().splitlines(), 1)
                      if re.search(r"\b(c?pickle|cloudpickle|_pickle)\.(loads?|Unpickler)\b", line)
                      or re.search(r"\bnp\.load\(.*allow_pickle\s*=\s*True", line)]
