@@ -28,13 +28,14 @@ database and on a full disk.
 
 from __future__ import annotations
 
+import dataclasses
 import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
 from parallelaverage.jobfiles.rankstatus import RankInfo, read_rank_status
-from parallelaverage.jobfiles.tally import Tally
+from parallelaverage.jobfiles.tally import Tally, read_ranges
 from parallelaverage.jobfiles.trust import load_pickle
 from parallelaverage.backends import backend_named
 from parallelaverage.backends.base import Backend
@@ -216,6 +217,10 @@ def _read_tally(files: JobFiles, attempt: int, problems: list[str]) -> tuple[Tal
             piece = load_pickle(path)
             if not isinstance(piece, Tally):
                 raise ValueError(f"{path} is not a snapshot of this version of parallelaverage")
+            if piece.done_log is not None:  # its done runs are in the rank's done log
+                name, pairs = piece.done_log
+                piece = dataclasses.replace(piece, done=read_ranges(files.attempt_dir(attempt) / name, pairs),
+                                            done_log=None)
             merged = merged.merged(piece)  # all or nothing: a piece that cannot merge changes nothing
         except UntrustedFileError:
             raise

@@ -229,6 +229,10 @@ class Positions:
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._stops))
 
+    def ranges_from(self, index: int) -> list[tuple[int, int]]:
+        """The ranges from the ``index``-th on (what a rank's done log has not seen yet)."""
+        return list(zip(self._starts[index:], self._stops[index:]))
+
     @property
     def n_ranges(self) -> int:
         return len(self._starts)

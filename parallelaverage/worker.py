@@ -36,12 +36,14 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, Iterator
 
+import numpy as np
+
 from parallelaverage import _context
 from parallelaverage.jobfiles.layout import JobFiles, LaunchPlan
 from parallelaverage.jobfiles.outputs import OutputWriter, encode_output
 from parallelaverage.jobfiles.payload import Payload
 from parallelaverage.jobfiles.rankstatus import RankStatus
-from parallelaverage.jobfiles.tally import Tally, describe_layout, layout_of
+from parallelaverage.jobfiles.tally import Tally, append_ranges, describe_layout, layout_of
 from parallelaverage.jobfiles.trust import load_pickle, write_pickle
 from parallelaverage.runspace import Positions, RunSpace
 from parallelaverage.stats import Welford
@@ -88,20 +90,40 @@ class SnapshotClock:
 
 
 class RunRecorder:
-    """Turns each run's outcome into the rank's tally, its kept outputs and its counters."""
+    """Turns each run's outcome into the rank's tally and its kept outputs.
 
-    def __init__(self, payload: Payload, writer: OutputWriter | None, status: RankStatus) -> None:
+    The common case — a plain number or an array of the shape and dtype of the last
+    run, averaged and not kept — takes a fast path: one ``Welford.add`` and one range
+    update, about 0.5 µs. Anything else takes the general path, which names what
+    cannot be averaged or stored.
+    """
+
+    def __init__(self, payload: Payload, writer: OutputWriter | None) -> None:
         self.average = payload.average  # None (keep only), "all", or a tuple of element indices
         self.encoding = payload.encoding
         self.writer = writer
         self.tally = Tally()
-        self._slots = status.slots
+        self.n_done = self.n_failed = 0
+        self._fast_type: Any = None  # the kind of output the fast path takes, once seen
+        self._fast_shape: Any = None
+        self._fast_dtype: Any = None
+        self._fast_add: Any = None
 
     def failed(self, position: int, message: str) -> None:
         self.tally.fail(position, message)
-        self._slots[RankStatus.FAILED] += 1
+        self.n_failed += 1
 
     def succeeded(self, position: int, run: Any, output: Any) -> None:
+        kind = type(output)
+        if kind is self._fast_type and (kind is not np.ndarray or (
+                output.shape == self._fast_shape and output.dtype == self._fast_dtype)):
+            self._fast_add(output)
+            self.tally.done.add(position)
+            self.n_done += 1
+            return
+        self._record(position, run, output)
+
+    def _record(self, position: int, run: Any, output: Any) -> None:
         tally = self.tally
         group = prepared = None
         if self.average is not None:
@@ -133,11 +155,22 @@ class RunRecorder:
                 averaged = {index for index, _, _ in prepared}
                 group.last_values = {i: v for i, v in enumerate(output) if i not in averaged}
                 group.last_position = position
-            group.runs.add(position)
+            if group.runs is not None:
+                group.runs.add(position)
+            elif self.writer is None and layout[0] is None and prepared[0][2] is None:
+                self._fast_path_for(output, accumulators[0])
         if encoded is not None and self.writer is not None:
             self.writer.append(position, encoded)
         tally.done.add(position)
-        self._slots[RankStatus.DONE] += 1
+        self.n_done += 1
+
+    def _fast_path_for(self, output: Any, accumulator: Welford) -> None:
+        """Later outputs of this kind (of the rank's first layout) skip the general path."""
+        kind = type(output)
+        if kind is float or (kind is np.ndarray and output.dtype.kind in "fc" and output.flags.c_contiguous):
+            self._fast_type, self._fast_add = kind, accumulator.add
+            self._fast_shape = output.shape if kind is np.ndarray else None
+            self._fast_dtype = output.dtype if kind is np.ndarray else None
 
 
 class Checkpoints:
@@ -245,26 +278,67 @@ def _failure_text(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, below_worker))
 
 
+class _RunEnviron(os._Environ):
+    """``os.environ`` while runs execute: ``RUN_ID`` is read from the run being executed.
+
+    Writing ``os.environ["RUN_ID"]`` before every run cost 1.7 µs (a ``putenv`` and a
+    string); Python code that reads it now gets the current run id for free. Child
+    processes read the C environment, which :func:`execute` updates before a run when
+    the rank's runs take at least a millisecond (a run that starts a process does).
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == "RUN_ID" and _context._current is not _context._NO_RUN:
+            return str(_context._current)
+        return super().__getitem__(key)
+
+
+def _lazy_run_id_environ() -> None:
+    os.environ.setdefault("RUN_ID", "")
+    if type(os.environ) is os._Environ:
+        os.environ.__class__ = _RunEnviron
+
+
+STATUS_EVERY_S = 0.25
+"""How often a rank copies its counts into its status record (for the caller's progress)."""
+
+
 def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payload: Payload,
             plan: LaunchPlan, space: RunSpace) -> Tally:
     """Run this rank's share of the launch; return its tally (also on disk)."""
     rank = comm.Get_rank()
     writer = OutputWriter(files.outputs(attempt, rank, payload.encoding), payload.encoding) if payload.keep_runs else None
-    recorder = RunRecorder(payload, writer, status)
+    recorder = RunRecorder(payload, writer)
     snapshot_path = files.snapshot(attempt, rank)
+    log_name = f"done-r{rank}.ranges"
+    log_path = files.attempt_dir(attempt) / log_name
+    logged = {"pairs": 0, "index": 0}
     checkpoints = CHECKPOINTS
     clock = SnapshotClock()
     now = time.monotonic
+    slots = status.slots
+
+    def publish_counts() -> None:
+        slots[RankStatus.DONE] = recorder.n_done
+        slots[RankStatus.FAILED] = recorder.n_failed
 
     def snapshot() -> bool:
-        """Write the tally; a rank that cannot (disk full) says why in its status and
-        goes on, trying again at the next interval. Returns whether it was written."""
+        """Write the tally: the done runs new since the last snapshot go to the rank's done
+        log, the rest (statistics, failures) to the snapshot, so that a snapshot's size
+        does not grow with the runs done. A rank that cannot write (disk full) says why
+        in its status and goes on, trying again at the next interval."""
         checkpoints.busy = True
         started = now()
+        tally = recorder.tally
         try:
             if writer is not None:
                 writer.flush()  # outputs are durable before a snapshot names their runs
-            write_pickle(snapshot_path, recorder.tally)
+            new = tally.done.ranges_from(max(0, logged["index"] - 1))  # the last range may have grown
+            append_ranges(log_path, new)
+            logged["pairs"] += len(new)
+            logged["index"] = tally.done.n_ranges
+            write_pickle(snapshot_path, Tally(Positions(), tally.failed, tally.errors, {}, tally.groups,
+                                              done_log=(log_name, logged["pairs"])))
         except OSError as error:
             report_write_error(status, rank, f"cannot write its snapshot {snapshot_path}", error)
             written = False
@@ -272,34 +346,50 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
             status.clear_error()
             status.snapshot_written()
             written = True
+        publish_counts()
         clock.written(started, now())
         checkpoints.busy = False
         return written
 
     checkpoints.snapshot = snapshot
-    slots = status.slots
     in_flight = RankStatus.IN_FLIGHT
     function, args, kwargs = payload.function, payload.args, payload.kwargs
-    environ = os.environ
+    succeeded, failed = recorder.succeeded, recorder.failed
+    _lazy_run_id_environ()
+    putenv = os.putenv
     status.set_stage("running")
+    every_s = STATUS_EVERY_S if clock.min_s > 0 else 0.0  # 0: a snapshot after every run (tests)
+    previous = now()
+    next_status = previous + every_s
+    slow = True
     for position, run in _runs_for_rank(_Plan(plan.positions, space), payload, comm):
         slots[in_flight] = position
-        environ["RUN_ID"] = str(run)
+        if slow:  # runs of a millisecond or more: child processes see the run id too
+            putenv("RUN_ID", str(run))
         try:
             output = function(*args, **kwargs)
         except BaseException as error:  # sys.exit, KeyboardInterrupt...: this run failed, not the rank
             checkpoints.busy = True
-            recorder.failed(position, _failure_text(error))
+            failed(position, _failure_text(error))
         else:
             checkpoints.busy = True
-            recorder.succeeded(position, run, output)
+            succeeded(position, run, output)
         slots[in_flight] = -1
         checkpoints.busy = False
         if checkpoints.terminating:
             checkpoints.exit_now()
-        if checkpoints.requested or clock.due(now()):
+        moment = now()
+        slow = moment - previous >= 1e-3
+        previous = moment
+        if moment >= next_status:  # at most every 0.25 s, whatever the runs cost
+            if checkpoints.requested or clock.due(moment):
+                snapshot()
+                checkpoints.requested = False
+            else:
+                publish_counts()
+            next_status = moment + every_s
+        elif clock.next_at == 0.0:  # the first snapshot, after the first run
             snapshot()
-            checkpoints.requested = False
     patiently(snapshot)
     if writer is not None:
         writer.close()

@@ -27,7 +27,8 @@ import numpy as np
 from parallelaverage.runspace import Positions
 from parallelaverage.stats import WeightedSample, Welford
 
-__all__ = ["Tally", "Group", "Layout", "layout_of", "describe_layout", "MAX_ERRORS_KEPT", "MAX_GROUPS"]
+__all__ = ["Tally", "Group", "Layout", "layout_of", "describe_layout", "MAX_ERRORS_KEPT", "MAX_GROUPS",
+           "append_ranges", "read_ranges"]
 
 MAX_ERRORS_KEPT = 100
 """Failed runs whose message is kept per tally (every failed run is counted)."""
@@ -92,10 +93,15 @@ def _describe(value: Any) -> str:
 
 @dataclass
 class Group:
-    """The runs whose outputs share one layout, and their statistics."""
+    """The runs whose outputs share one layout, and their statistics.
+
+    A rank's first group does not list its runs while the rank works (``runs`` is None:
+    "every run done that no other group holds"), so that recording a run costs no set
+    operation; :meth:`Tally.explicit` lists them when tallies are merged.
+    """
 
     layout: Layout
-    runs: Positions = field(default_factory=Positions)
+    runs: Positions | None = field(default_factory=Positions)
     accumulators: dict[int, Welford] = field(default_factory=dict)
     last_values: dict[int, Any] = field(default_factory=dict)
     last_position: int = -1  # the run the last_values came from
@@ -108,6 +114,7 @@ class Group:
             else:
                 accumulators[index] = acc.copy()
         newer = other if other.last_position > self.last_position else self
+        assert self.runs is not None and other.runs is not None  # made explicit by Tally.explicit
         return Group(self.layout, self.runs.union(other.runs), accumulators,
                      dict(newer.last_values), newer.last_position)
 
@@ -131,6 +138,7 @@ class Tally:
     errors: dict[int, str] = field(default_factory=dict)
     crashed: dict[int, str] = field(default_factory=dict)
     groups: list[Group] = field(default_factory=list)
+    done_log: tuple[str, int] | None = None  # a snapshot's done runs: (file in the launch folder, pairs)
 
     # ------------------------------------------------------------ recording (one rank)
     def fail(self, position: int, message: str) -> None:
@@ -139,40 +147,55 @@ class Tally:
             self.errors[position] = message
 
     def group_for(self, layout: Layout) -> Group | None:
-        """The group of ``layout``, made if there is room; None if there are too many."""
+        """The group of ``layout``, made if there is room; None if there are too many.
+
+        The first group made lists no runs (see :class:`Group`): don't add to its ``runs``.
+        """
         for group in self.groups:
             if group.layout == layout:
                 return group
         if len(self.groups) >= MAX_GROUPS:
             return None
-        group = Group(layout)
+        group = Group(layout, runs=None if not self.groups else Positions())
         self.groups.append(group)
         return group
+
+    def explicit(self) -> Tally:
+        """This tally with every group's runs listed (the first group's are implicit while
+        a rank records runs)."""
+        if not self.groups or self.groups[0].runs is not None:
+            return self
+        first, others = self.groups[0], self.groups[1:]
+        runs = self.done.difference(Positions().union(*(g.runs for g in others if g.runs is not None)))
+        listed = Group(first.layout, runs, first.accumulators, first.last_values, first.last_position)
+        return Tally(self.done, self.failed, self.errors, self.crashed, [listed, *others], self.done_log)
 
     # ------------------------------------------------------------ merging
     def merged(self, other: Tally) -> Tally:
         """A new tally holding both; neither input changes, also when a merge fails."""
-        groups = {group.layout: group for group in self.groups}
-        for group in other.groups:
-            mine = groups.get(group.layout)
-            groups[group.layout] = mine.merged(group) if mine is not None else group.merged(Group(group.layout))
+        first, second = self.explicit(), other.explicit()
+        groups = {group.layout: group for group in first.groups}
+        for group in second.groups:
+            known = groups.get(group.layout)
+            groups[group.layout] = known.merged(group) if known is not None else group.merged(Group(group.layout))
         # a run in both is a run ``other`` (a later launch) ran again: its outcome replaces
         # the earlier one's, so a re-run run shows its latest error, or its latest crash
-        errors = {p: m for p, m in self.errors.items() if p not in other.crashed}
-        for position, message in other.errors.items():
+        errors = {p: m for p, m in first.errors.items() if p not in second.crashed}
+        for position, message in second.errors.items():
             if position in errors or len(errors) < MAX_ERRORS_KEPT:
                 errors[position] = message
-        crashed = {p: m for p, m in self.crashed.items() if p not in other.failed}
-        crashed.update(other.crashed)
-        return Tally(self.done.union(other.done), self.failed.union(other.failed), errors, crashed,
+        crashed = {p: m for p, m in first.crashed.items() if p not in second.failed}
+        crashed.update(second.crashed)
+        return Tally(first.done.union(second.done), first.failed.union(second.failed), errors, crashed,
                      list(groups.values()))
 
     # ------------------------------------------------------------ reading
     def main_group(self) -> Group | None:
         """The layout most runs share (ties: the one holding the smallest position)."""
-        if not self.groups:
+        groups = self.explicit().groups
+        if not groups:
             return None
-        return max(self.groups, key=lambda g: (len(g.runs), -(g.runs.first() or 0)))
+        return max(groups, key=lambda g: (len(g.runs or ()), -((g.runs.first() if g.runs else None) or 0)))
 
     def resolved(self, id_at: Any = None) -> Tally:
         """This tally with the runs of minority layouts moved from done to failed.
@@ -180,12 +203,14 @@ class Tally:
         ``id_at`` turns a position into the run id named in messages (default: itself).
         """
         id_at = id_at or (lambda position: position)
-        main = self.main_group()
-        others = [g for g in self.groups if g is not main and g.runs]
+        tally = self.explicit()
+        main = tally.main_group()
+        others = [g for g in tally.groups if g is not main and g.runs]
         if not others or main is None:
-            return self
-        done, failed, errors = self.done, self.failed.copy(), dict(self.errors)
+            return tally
+        done, failed, errors = tally.done, tally.failed.copy(), dict(tally.errors)
         for group in others:
+            assert group.runs is not None and main.runs is not None  # explicit
             reason = (f"returned {describe_layout(group.layout)}, but {len(main.runs)} other runs "
                       f"returned {describe_layout(main.layout)}")
             done = done.difference(group.runs)
@@ -194,7 +219,47 @@ class Tally:
                 if len(errors) >= MAX_ERRORS_KEPT:
                     break
                 errors.setdefault(position, f"run {id_at(position)!r} {reason}")
-        return Tally(done, failed, errors, dict(self.crashed), [main])
+        return Tally(done, failed, errors, dict(tally.crashed), [main])
 
     def error_of(self, position: int) -> str | None:
         return self.crashed.get(position) or self.errors.get(position)
+
+
+# ------------------------------------------------------------------ the done log of a rank
+_PAIR = np.dtype("<i8")
+
+
+def append_ranges(path: Any, ranges: list[tuple[int, int]]) -> None:
+    """Append ``[start, stop)`` pairs to a rank's done log and make them durable.
+
+    A snapshot names how many pairs it covers, so the bytes a snapshot writes do not grow
+    with the runs done before it; a later range may repeat or extend an earlier one.
+    """
+    if not ranges:
+        return
+    data = np.asarray(ranges, dtype=_PAIR).tobytes()
+    with open(path, "ab") as file:
+        file.write(data)
+        file.flush()
+        import os
+
+        os.fsync(file.fileno())
+
+
+def read_ranges(path: Any, pairs: int) -> Positions:
+    """The first ``pairs`` pairs of a done log, as positions (a torn tail is ignored).
+
+    Raises:
+        ValueError: the log holds fewer pairs than the snapshot names.
+    """
+    if pairs == 0:
+        return Positions()  # a rank that has done no run yet has written no log
+    with open(path, "rb") as file:
+        data = file.read(pairs * 16)
+    if len(data) < pairs * 16:
+        raise ValueError(f"{path} holds {len(data) // 16} ranges, its snapshot names {pairs}")
+    values = np.frombuffer(data, dtype=_PAIR).reshape(-1, 2).tolist()
+    made = Positions()
+    for start, stop in values:
+        made.add_range(start, stop)
+    return made
