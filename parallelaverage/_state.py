@@ -187,6 +187,16 @@ class JobState:
     def latest(self) -> LaunchState | None:
         return self.launches[-1] if self.launches else None
 
+    def counts(self) -> tuple[int, int]:
+        """Runs done and failed: the merged tallies', plus what live launches' ranks report
+        (a light state holds no tally of its live launches)."""
+        done, failed = len(self.done), len(self.failed_positions)
+        for launch in self.launches:
+            if launch.live and not launch.tally.done and not launch.tally.failed:
+                done += sum(rank.n_done for rank in launch.ranks)
+                failed += sum(rank.n_failed for rank in launch.ranks)
+        return done, failed
+
     @property
     def crashes(self) -> list[Crash]:
         """How each run of :attr:`crashed` ended its rank (its latest crash), by position."""
@@ -321,12 +331,15 @@ def _exited(code: int) -> str:
 
 
 def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: bool = True,
-                states: Mapping[int, str] | None = None) -> LaunchState:
+                states: Mapping[int, str] | None = None, light: bool = False) -> LaunchState:
     """Read one launch (see the module docstring for its phases).
 
     Args:
         states: the backend's answers for launches with a ``launch.json``, when the
             caller asked for many at once; else the backend is asked here.
+        light: for a launch that may still run, read its ranks' counts but not its
+            snapshots (what a polling caller needs: the statistics are read once, when
+            a result is built).
     """
     problems: list[str] = []
     info = files.read_json(files.launch(attempt))
@@ -340,7 +353,11 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
     except (OSError, ValueError):
         plan = None
     cancelled = files.cancel_request(attempt).exists()
-    ranks = [r for r in (read_rank_status(path, rank) for rank, path in files.rank_statuses(attempt)) if r]
+    final = files.result(attempt).exists() or files.sealed(attempt).exists()
+    exit_code = files.exit_status(attempt)
+    # a launch with its result and its exit status is over: its ranks have nothing more to say
+    ranks = [] if final and exit_code is not None else [
+        r for r in (read_rank_status(path, rank) for rank, path in files.rank_statuses(attempt)) if r]
     message = None
     if info is None:
         error = files.submit_error(attempt)
@@ -368,8 +385,10 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             phase = _backend(backend_name).state(files, attempt, info)
         else:
             phase = "ended"
-    tally, final = _read_tally(files, attempt, problems)
-    exit_code = files.exit_status(attempt)
+    if light and phase in LIVE_PHASES:
+        tally, final = Tally(), False
+    else:
+        tally, final = _read_tally(files, attempt, problems)
     crashes = _crashes(attempt, ranks, exit_code) if phase == "ended" else []
     if phase == "ended" and not files.sealed(attempt).exists():  # a sealed tally holds its crashes
         crashed = {crash.position: _crash_message(files, crash, space.id_at(crash.position)) for crash in crashes}
@@ -402,8 +421,13 @@ def _backend(name: str) -> Backend:
 
 
 # ------------------------------------------------------------------ the whole job
-def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | None = None) -> JobState:
-    """Merge every launch of a job into one state (asks each backend once for all its launches)."""
+def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | None = None,
+                   light: bool = False) -> JobState:
+    """Merge every launch of a job into one state (asks each backend once for all its launches).
+
+    ``light``: the live launches' runs are counted from their ranks' status records and
+    their snapshots are not read (see :meth:`JobState.counts`); for polling.
+    """
     attempts = files.attempts()
     by_backend: dict[str, list[tuple[JobFiles, int, dict[str, Any]]]] = {}
     for attempt in attempts:
@@ -414,7 +438,7 @@ def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | No
     for name, launches in by_backend.items():
         for (_, attempt, _), answer in zip(launches, _backend(name).states(launches)):
             states[attempt] = answer
-    launches_read = [read_launch(files, attempt, space, states=states) for attempt in attempts]
+    launches_read = [read_launch(files, attempt, space, states=states, light=light) for attempt in attempts]
     return combine(launches_read, space, submitted_at=submitted_at)
 
 

@@ -99,12 +99,18 @@ class Job:
         return self.space.ids(self.space.all())
 
     # ------------------------------------------------------------------ reading
-    def state(self) -> JobState:
+    def state(self, *, light: bool = False) -> JobState:
         """Merge every launch into the job's state; store its status and counts in the
         record when they changed (best effort: reading works on a read-only database
-        or a full disk, and then leaves the record as it is)."""
-        state = read_job_state(self.files, self.space, submitted_at=_timestamp(self.record.submitted_at))
-        self._refresh_record(state)
+        or a full disk, and then leaves the record as it is).
+
+        ``light``: only the status and the counts are needed (``state.counts()``): the
+        snapshots of live launches are not read. For polling.
+        """
+        state = read_job_state(self.files, self.space, submitted_at=_timestamp(self.record.submitted_at),
+                               light=light)
+        if not light or state.status != "running":
+            self._refresh_record(state)
         return state
 
     def _refresh_record(self, state: JobState) -> None:
@@ -206,9 +212,9 @@ class Job:
         started = time.monotonic()
         try:
             while True:
-                state = self.state()
+                state = self.state(light=True)  # counts only: the statistics are read once, at the end
                 if bar is not None:
-                    bar.update(len(state.done), len(state.failed_positions))
+                    bar.update(*state.counts())
                 if state.status != "running":
                     break
                 if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -219,7 +225,7 @@ class Job:
         finally:
             if bar is not None:
                 bar.close()
-        return self.result(state)
+        return self.result()
 
     def stdout(self) -> str:
         """The standard output of every launch, with a header per launch."""

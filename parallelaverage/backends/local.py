@@ -151,6 +151,8 @@ class LocalBackend(Backend):
     def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
         """Running while the wrapper, mpiexec or any rank lives: a rank or an mpiexec that
         outlives a killed wrapper still claims runs and writes snapshots."""
+        if files.exit_code(attempt).exists() and files.result(attempt).exists():
+            return "ended"  # rank 0 wrote the result after every rank merged: nothing runs any more
         if not files.exit_code(attempt).exists():
             if _alive(int(launch["pid"]), launch.get("start_ticks")) or _launcher_alive(files, attempt):
                 return "running"
