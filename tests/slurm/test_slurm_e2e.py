@@ -1,4 +1,4 @@
-"""The SLURM backend against real daemons: the single-node cluster of tests/slurm/cluster.sh.
+"""The SLURM backend against real daemons: the cluster of tests/slurm/cluster.sh (1 node or more).
 
 Skipped when no cluster is reachable (the skip message says how to start one); with
 ``CI=true`` a missing cluster fails instead. Jobs run as root here, with the caller's

@@ -227,6 +227,7 @@ def test_a_node_that_dies_mid_job_ends_the_job_and_re_submit_completes_it_elsewh
 
         marker.unlink()
         capsys.readouterr()
+        resubmitted_at = time.monotonic()
         assert re_submit(on_slurm)(str(marker)) is None
         said = re.search(r"re-submitting (\d+) runs of job 1_noisy on 4 MPI ranks, slurm \(launch 2\)",
                          capsys.readouterr().out)
@@ -237,6 +238,7 @@ def test_a_node_that_dies_mid_job_ends_the_job_and_re_submit_completes_it_elsewh
         with warnings.catch_warnings():
             warnings.simplefilter("error", JobEndedWarning)
             result = wait(on_slurm)(str(marker))
+        completed_after_s = time.monotonic() - resubmitted_at
         assert dying not in job_nodes(second), f"launch 2 ran on the dead node: {job_nodes(second)}"
         assert (attempt_dir(database, "1_noisy", 1) / "sealed.pkl").exists()
     finally:
@@ -256,4 +258,5 @@ def test_a_node_that_dies_mid_job_ends_the_job_and_re_submit_completes_it_elsewh
     np.testing.assert_allclose(result.data, clean.data, rtol=1e-12, atol=0)
     np.testing.assert_allclose(result.estimated_variance, clean.estimated_variance, rtol=1e-12, atol=0)
     print(f"\nnode {dying} stopped: job ended NODE_FAIL after {ended_after_s:.1f} s with {len(kept)} of "
-          f"{N_RUNS} runs kept; {len(orphans)} ranks lived on until the node returned")
+          f"{N_RUNS} runs kept, {len(orphans)} ranks lived on until the node returned; re_submit completed "
+          f"the job in {completed_after_s:.1f} s on {job_nodes(second)}")
