@@ -282,7 +282,7 @@ CredType=cred/munge
 # our own munged (clients read this too, through SLURM_CONF)
 AuthInfo=socket=${MSOCK}
 SlurmctldPort=${PORT}
-# unused (each node has its own Port= below), but kept off SLURM's default 6818
+# unused: each node has its own Port= below
 SlurmdPort=$((PORT + 1))
 StateSaveLocation=${DIR}/state
 # %n = the node's name: one spool, pid file and log per slurmd
