@@ -19,7 +19,8 @@ from typing import Any, Mapping
 from parallelaverage.errors import OptionError, OptionTypeError
 
 __all__ = [
-    "SBATCH_OPTIONS", "SHORT_OPTIONS", "OURS", "OURS_SHORT", "REFUSED", "BACKEND_OPTIONS", "LAUNCHERS",
+    "SBATCH_OPTIONS", "SHORT_OPTIONS", "OURS", "OURS_SHORT", "REFUSED", "REQUEUE_REFUSED", "BACKEND_OPTIONS",
+    "LAUNCHERS",
     "check_slurm_options", "check_line",
 ]
 
@@ -31,10 +32,10 @@ SBATCH_OPTIONS: frozenset[str] = frozenset({
     "gpu_bind", "gpu_freq", "gpus", "gpus_per_node", "gpus_per_socket", "gpus_per_task", "gres",
     "gres_flags", "hint", "hold", "kill_on_invalid_dep", "licenses", "mail_type", "mail_user",
     "mcs_label", "mem", "mem_bind", "mem_per_cpu", "mem_per_gpu", "mincpus", "network", "nice",
-    "no_kill", "no_requeue", "nodefile", "nodelist", "nodes", "ntasks_per_core", "ntasks_per_gpu",
+    "no_kill", "nodefile", "nodelist", "nodes", "ntasks_per_core", "ntasks_per_gpu",
     "ntasks_per_node", "ntasks_per_socket", "open_mode", "overcommit", "oversubscribe",
     "partition", "power", "prefer", "priority", "profile", "propagate", "qos", "reboot",
-    "requeue", "reservation", "signal", "sockets_per_node", "spread_job", "switches",
+    "reservation", "signal", "sockets_per_node", "spread_job", "switches",
     "thread_spec", "threads_per_core", "time", "time_min", "tmp", "uid", "use_min_nodes",
     "wckey",
 })
@@ -54,10 +55,28 @@ OURS: Mapping[str, str] = {
     "output": "the job directory's attempts/<k>/stdout.txt",
     "error": "the job directory's attempts/<k>/stderr.txt",
     "chdir": "the caller's working directory", "parsable": "to read the job id",
+    "no_requeue": "always: SLURM must not run a launch twice in its folder; re_submit runs the "
+                  "missing runs in a new launch",
 }
 """sbatch options parallelaverage sets itself, and what it sets them to."""
 
 OURS_SHORT: Mapping[str, str] = {"n": "ntasks", "J": "job_name", "o": "output", "e": "error", "D": "chdir"}
+
+REQUEUE_REFUSED = (
+    "SLURM would run the launch again in the same launch folder, under the same job id, while "
+    "ranks the failed node left behind may still write there; parallelaverage runs the missing "
+    "runs again itself, in a new launch: re_submit the call once the job has ended"
+)
+"""Why every job script says ``--no-requeue`` and the ``requeue`` option is refused.
+
+Notes:
+    SLURM requeues a batch job whose node fails (``JobRequeue=1``, the default) or that is
+    preempted with ``PreemptMode=REQUEUE``: after about two minutes the job runs the same
+    script again. On the test cluster the ranks of the failed node were still running
+    (their ``slurmd`` was stopped, not the machine), writing the same snapshot files as the
+    second run. With ``--no-requeue`` such a job ends ``NODE_FAIL`` (``PREEMPTED``), and
+    ``scontrol requeue`` is refused too.
+"""
 
 REFUSED: Mapping[str, str] = {
     "array": "a call is one job: use N_runs for many runs",
@@ -68,6 +87,7 @@ REFUSED: Mapping[str, str] = {
     "clusters": "jobs are followed with squeue on the submitting cluster: submit from the target cluster",
     "M": "jobs are followed with squeue on the submitting cluster: submit from the target cluster",
     "test_only": "parallelaverage needs a real job id",
+    "requeue": REQUEUE_REFUSED,
 }
 """Options that make no sense for a parallelaverage job, with the reason."""
 

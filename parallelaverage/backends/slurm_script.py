@@ -45,7 +45,7 @@ exit "$code"
 """The built-in job script. ``{{name}}`` are placeholders (:data:`PLACEHOLDERS`)."""
 
 PLACEHOLDERS: Mapping[str, str] = {
-    "sbatch_options": "every #SBATCH line: ours (ntasks, job-name, output, error, chdir, signal) "
+    "sbatch_options": "every #SBATCH line: ours (ntasks, job-name, output, error, chdir, no-requeue, signal) "
                       "then the user's options (required)",
     "setup": "the 'setup' option's lines (a line holding only this disappears when there are none)",
     "environment": "export lines: PYTHONPATH = the caller's sys.path, and what the launcher needs",
@@ -152,10 +152,11 @@ class ScriptInputs:
             "ntasks": self.n_tasks, "job_name": self.job_dir.name,
             "output": files.stdout(self.attempt), "error": files.stderr(self.attempt),
             "chdir": self.chdir,
+            "no_requeue": True,  # SLURM must not run a launch twice in its folder (see REQUEUE_REFUSED)
         }
         if "signal" not in self.options:
             ours["signal"] = DEFAULT_SIGNAL
-        lines = [_sbatch_option(name, str(value)) for name, value in ours.items()]
+        lines = [_sbatch_option(name, value) for name, value in ours.items()]
         lines += [_sbatch_option(name, value) for name, value in self.options.items()
                   if name not in BACKEND_OPTIONS]
         return [line for line in lines if line is not None]

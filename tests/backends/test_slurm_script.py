@@ -66,7 +66,7 @@ def test_the_seed_example_script():
 def test_options_flags_short_names_quoting_and_setup():
     options = {
         "time": "1-00:00:00", "partition": "gpu", "A": "proj42", "N": 2, "ntasks_per_node": 4,
-        "c": 2, "exclusive": True, "requeue": False, "gres": "gpu:a100:2",
+        "c": 2, "exclusive": True, "overcommit": False, "gres": "gpu:a100:2",
         "mail_user": 'Alice "Al" <alice@example.org> #1', "signal": "USR1@300", "mpi": "pmix",
         "setup": ["module purge", "module load openmpi/4.1 # site MPI", 'source "$HOME/venv/bin/activate"'],
     }
@@ -74,7 +74,7 @@ def test_options_flags_short_names_quoting_and_setup():
                                   job_dir=Path("/scratch/alice/my data/.parallelaverage/12_simulate")))
     assert_golden("options.sbatch", script)
     assert "USR1@60" not in script  # the user's signal replaces the default
-    assert "--requeue" not in script  # False leaves the option out
+    assert "--overcommit" not in script  # False leaves the option out
 
 
 def test_the_mpiexec_launcher_script():
@@ -150,7 +150,7 @@ def test_an_unknown_option_with_nothing_close_still_says_how_options_are_spelled
 @pytest.mark.parametrize("name, flag", [
     ("ntasks", "--ntasks"), ("n", "--ntasks"), ("job_name", "--job-name"), ("J", "--job-name"),
     ("output", "--output"), ("o", "--output"), ("error", "--error"), ("e", "--error"),
-    ("chdir", "--chdir"), ("D", "--chdir"),
+    ("chdir", "--chdir"), ("D", "--chdir"), ("no_requeue", "--no-requeue"),
 ])
 def test_options_we_set_ourselves_are_refused(name, flag):
     with pytest.raises(ValueError, match=rf"^{name}=\.\.\.: parallelaverage sets {flag} itself \(.+\); remove it"):
@@ -161,6 +161,8 @@ def test_options_we_set_ourselves_are_refused(name, flag):
     ("array", "a call is one job: use N_runs"), ("a", "a call is one job"),
     ("wrap", "parallelaverage writes the job script"), ("wait", r"parallelaverage\.wait\(f\)"),
     ("clusters", "submit from the target cluster"),
+    ("requeue", "SLURM would run the launch again in the same launch folder, under the same job id, .* "
+                "re_submit the call once the job has ended"),
 ])
 def test_options_that_make_no_sense_for_one_job_are_refused(name, reason):
     with pytest.raises(ValueError, match=rf"^{name}=\.\.\.: not supported: .*{reason}"):
@@ -230,7 +232,7 @@ def test_option_names_are_checked_whatever_the_queuing_system(tmp_path, monkeypa
         with pytest.raises(OptionTypeError, match=r"^mem=\{'G': 1\}: SLURM options must be"):
             parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, mem={"G": 1})
         parallel(N_runs=2, N_tasks=1, queuing_system=queuing_system, time="00:10:00", mem="1G",
-                 partition="debug", exclusive=True, requeue=False, setup=["module load x"])
+                 partition="debug", exclusive=True, overcommit=False, setup=["module load x"])
 
 
 @pytest.mark.parametrize("name, value", [("keep_runs", True), ("keep_runs", False), ("average_results", "all"),

@@ -1,4 +1,4 @@
-"""The SLURM backend against real daemons: the single-node cluster of tests/slurm/cluster.sh.
+"""The SLURM backend against real daemons: the cluster of tests/slurm/cluster.sh (1 node or more).
 
 Skipped when no cluster is reachable (the skip message says how to start one); with
 ``CI=true`` a missing cluster fails instead. Jobs run as root here, with the caller's
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.slurm
 
 THIS = sys.modules[__name__]
 CLUSTER_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/parallelaverage-slurm"))
-HOW = ("start it with 'bash tests/slurm/cluster.sh up && source /tmp/parallelaverage-slurm/env' "
+HOW = (f"start it with 'bash tests/slurm/cluster.sh up --nodes 4 && source {CLUSTER_DIR}/env' "
        "(root, Debian 12; see tests/slurm/README.md)")
 
 
@@ -114,6 +116,18 @@ def job_processes(job: str) -> list[tuple[int, str, str]]:
     return found
 
 
+def mpich_segments(job: str, steps: int = 4) -> list[str]:
+    """The job's MPICH shared-memory segments in /dev/shm: ``mpich_{shm,vci}_<h>_<node>``,
+    ``h`` the FNV-1a hash of the PMI kvsname, which srun --mpi=pmi2 makes ``<job>.<step>``."""
+    found = []
+    for step in range(steps):
+        h = 2166136261
+        for byte in f"{job}.{step}".encode():
+            h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+        found += sorted(p.name for p in Path("/dev/shm").glob(f"mpich_*_{h:x}_*"))
+    return found
+
+
 def ranks(job: str) -> list[int]:
     return [pid for pid, comm, cmdline in job_processes(job)
             if comm.startswith("python") and "parallelaverage.worker" in cmdline]
@@ -179,10 +193,11 @@ def test_cancel_a_running_slurm_job(tmp_path):
     slow()
     job = job_id(tmp_path, "1_slow")
     deadline = time.monotonic() + 60
-    while len(ranks(job)) < 2:
+    while len(ranks(job)) < 2 or len(list(attempt_dir(tmp_path, "1_slow").glob("rank-r*.status"))) < 2:
         assert time.monotonic() < deadline, f"the job's 2 ranks did not start: {job_processes(job)} {squeue(job)}"
         time.sleep(0.1)
     assert squeue(job)["state"] == "RUNNING"
+    assert mpich_segments(job), "the ranks, past MPI_Init, share no /dev/shm segment"
 
     assert cancel_job(slow)() is None
     assert ranks(job) == [], "ranks of the cancelled job survive"
@@ -191,6 +206,7 @@ def test_cancel_a_running_slurm_job(tmp_path):
         assert time.monotonic() < deadline, f"processes of the cancelled job survive: {job_processes(job)}"
         time.sleep(0.1)
     assert squeue(job)["state"] == "CANCELLED"
+    assert mpich_segments(job) == [], "the cluster's Epilog left the killed ranks' /dev/shm segments"
     cached = json.loads((attempt_dir(tmp_path, "1_slow") / "slurm_state").read_text())
     assert cached["job_id"] == job and cached["state"] == "CANCELLED"
     with pytest.warns(JobEndedWarning, match="job was cancelled with 4 of 4 runs missing; use re_submit"):
@@ -328,7 +344,10 @@ def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(tmp_path, mon
 
 
 def test_an_unreachable_controller_is_retried_then_reported(tmp_path, monkeypatch, slurm_cluster):
-    conf = Path(slurm_cluster).read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6899")
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    conf = re.sub(r"^SlurmctldPort=\d+$", f"SlurmctldPort={port}", Path(slurm_cluster).read_text(), flags=re.M)
     conf = conf.replace("MessageTimeout=10", "MessageTimeout=1")  # sbatch gives up after 1 s, not 10
     (tmp_path / "slurm.conf").write_text(conf)
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
