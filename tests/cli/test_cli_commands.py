@@ -252,7 +252,7 @@ def _status_cancel_and_show(tmp_path):
 
     text = cli("status", "2_sleepy", cwd=tmp_path)
     assert text.returncode == 0
-    assert text.stdout.startswith("2_sleepy [") and "0/4 done, 4 missing" in text.stdout
+    assert text.stdout.startswith("2_sleepy:   0%|") and "| 0/4 runs [" in text.stdout
     assert "sleepy(seconds=600)" in text.stdout
 
     pid = launch_pid(tmp_path, "2_sleepy")
@@ -266,9 +266,15 @@ def _status_cancel_and_show(tmp_path):
     again = cli("cancel", "2_sleepy", cwd=tmp_path)
     assert again.returncode == 0 and "not running (cancelled); nothing to cancel" in again.stdout
 
+    watched = cli("status", "--watch", "--interval", "0.3", "1_sleepy", cwd=tmp_path)  # until it stops
+    assert watched.returncode == 0, watched.stderr
+    lines = watched.stdout.splitlines()
+    assert lines[0] == "1_sleepy: sleepy(seconds=0.5)" and len(lines) >= 3, lines  # a line per interval
+    assert lines[-1].startswith("1_sleepy (completed): 100%|##########| 20/20 runs"), lines
+    assert "\r" not in watched.stdout  # not a terminal: lines, not redraws
     done = cli("wait", "1_sleepy", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "1_sleepy [" in done.stderr and "20/20 done" in done.stderr
+    assert done.stderr.startswith("1_sleepy: 100%|##########| 20/20 runs")
     assert "completed: 20 of 20 runs done, 0 failed, 0 missing" in done.stdout
     assert "0.5 ± 0" in done.stdout
 
