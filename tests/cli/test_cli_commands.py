@@ -146,8 +146,10 @@ def test_show_json(db):
     first, second, label = cli_json("show", "5_pair", cwd=db)["result"]["elements"]
     assert first["shape"] == [3] and first["max"] == pytest.approx(9.5)
     assert second["mean"] == pytest.approx(np.mean(np.arange(20) ** 2))
-    assert label == {"averaged": False, "type": "str", "shape": None, "count": None, "mean": None,
-                     "error": None, "min": None, "max": None, "error_max": None}
+    assert label == {"index": 2, "averaged": False, "type": "str", "text": "'label'", "shape": None, "count": None,
+                     "mean": None, "error": None, "variance": None, "min": None, "max": None, "error_max": None,
+                     "series": None}
+    assert second["index"] == 1 and second["variance"] == pytest.approx(np.var(np.arange(20) ** 2, ddof=1))
     assert cli_json("show", "4_raw", cwd=db)["result"] == {"kind": "outputs", "runs": 5}
 
 
