@@ -511,7 +511,8 @@ class JobDatabase:
             ValueError: A change is invalid, or names an unknown or fixed field.
             LockTimeoutError: The job's lock was not acquired in time.
         """
-        fixed = {"job_name", "key_digest", "function", "call", "arguments", "N_runs", "average_results"}
+        fixed = {"job_name", "key_digest", "function", "call", "arguments", "arguments_order", "N_runs",
+                 "average_results"}
         fields = {f.name for f in dataclasses.fields(JobRecord)}
         if bad := sorted(set(changes) & fixed):
             raise ValueError(f"cannot change {', '.join(bad)} of a job: they identify its call")

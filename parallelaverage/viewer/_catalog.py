@@ -33,10 +33,9 @@ from typing import Any
 
 from parallelaverage.jobdb import CorruptFileError, JobDatabase, JobNotFoundError, JobRecord
 from parallelaverage.jobdb.database import JOB_FILENAME
-from parallelaverage.jobdb.keys import _render_argument
 from parallelaverage.jobdb.records import JOB_NAME_PATTERN
 
-__all__ = ["ACTIVE_STATUSES", "Catalog", "JobQuery", "parameter_order", "summarize"]
+__all__ = ["ACTIVE_STATUSES", "Catalog", "JobQuery", "summarize"]
 
 logger = logging.getLogger("parallelaverage.viewer")
 
@@ -51,29 +50,6 @@ MAX_FACET_VALUES = 200
 _CACHED_QUERIES = 16
 
 _Stamp = tuple[int, int, int]
-
-
-def parameter_order(record: JobRecord) -> list[str]:
-    """The record's parameter names in signature order.
-
-    ``job.json`` stores ``arguments`` with sorted keys; the readable call,
-    ``name(label=text, ...)``, still has them in signature order, and each piece
-    is exactly what :func:`~parallelaverage.jobdb.keys.call_key` rendered.
-    """
-    remaining = dict(record.arguments)
-    order: list[str] = []
-    position = record.call.find("(") + 1
-    while remaining and position > 0:
-        for label, text in remaining.items():
-            piece = _render_argument(label, text)
-            if record.call.startswith(piece, position):
-                order.append(label)
-                del remaining[label]
-                position += len(piece) + 2  # ", "
-                break
-        else:
-            break
-    return order + sorted(remaining)
 
 
 def summarize(record: JobRecord) -> dict[str, Any]:
@@ -91,7 +67,7 @@ def summarize(record: JobRecord) -> dict[str, Any]:
         "name": record.function.rsplit(".", 1)[-1],
         "call": record.call,
         "arguments": dict(record.arguments),
-        "parameters": tuple(parameter_order(record)),
+        "parameters": tuple(record.arguments_order),
         "N_runs": n_runs,
         "total_runs": n_runs if isinstance(n_runs, int) else math.prod(n_runs),
         "averaged": record.average_results != "keep",

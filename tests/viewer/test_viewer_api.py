@@ -25,7 +25,7 @@ from parallelaverage import Job, _summary, load_job, parallel_average
 from parallelaverage.jobdb import JobDatabase, call_key, new_record
 from parallelaverage.results import AveragedResult
 from parallelaverage.viewer import _details, make_server
-from parallelaverage.viewer._catalog import Catalog, JobQuery, parameter_order
+from parallelaverage.viewer._catalog import Catalog, JobQuery, summarize
 
 import viewer_models
 from pa_testing import default_sigint
@@ -419,13 +419,15 @@ def test_the_newest_jobs_are_served_while_the_rest_load(tmp_path, monkeypatch):
     assert [j["job_name"] for j in catalog.page(JobQuery(limit=1000))["jobs"]] == names[::-1]
 
 
-def test_parameter_order_follows_the_signature():
+def test_parameters_in_signature_order_from_the_record():
     def f(zeta, alpha, *rest, beta=2, **options):
         return zeta
 
     key = call_key(f, (1, "a, b=c", 3, 4), {"beta": 5, "x": [1, 2]}, N_runs=2)
     record = new_record(key, "1_f", code_hash="0" * 64)
-    assert parameter_order(record) == ["zeta", "alpha", "*rest", "beta", "**options"]
+    assert summarize(record)["parameters"] == ("zeta", "alpha", "*rest", "beta", "**options")
+    swapped = dataclasses.replace(record, arguments_order=["beta", "zeta", "alpha", "*rest", "**options"])
+    assert summarize(swapped)["parameters"] == ("beta", "zeta", "alpha", "*rest", "**options")  # not from the call
 
 
 # ------------------------------------------------------------- serve()
