@@ -84,6 +84,27 @@ def test_the_job_database_imports_nothing_above_it():
     assert not wrong, sorted(wrong)
 
 
+def names_imported_from(path: Path, module: str) -> set[str]:
+    """The names a file imports with ``from <module> import ...``."""
+    return {alias.name for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == module and not node.level for alias in node.names}
+
+
+def test_the_job_database_owns_its_folder():
+    """Outside jobdb/, the database is reached through ``parallelaverage.jobdb``'s public names
+    (JobDatabase's methods for its folder), never its modules (their layout constants, index
+    files, name patterns): the tools above it (cli/, viewer/, _cleanup...) ask the database."""
+    wrong = {(m, i) for m, found in GRAPH.items() if not in_group(m, ("parallelaverage.jobdb",))
+             for i in found if i.startswith("parallelaverage.jobdb.")}
+    assert not wrong, sorted(wrong)
+    import parallelaverage.jobdb as jobdb
+
+    for path in PACKAGE.rglob("*.py"):
+        if not in_group(module_name(path), ("parallelaverage.jobdb",)):
+            private = names_imported_from(path, "parallelaverage.jobdb") - set(jobdb.__all__)
+            assert not private, (module_name(path), sorted(private))
+
+
 def test_the_job_folder_layout_knows_nothing_of_statistics_and_the_formats_nothing_of_backends():
     assert not {i for i in GRAPH["parallelaverage.jobfiles.layout"] if "stats" in i or "_kernels" in i}
     above = ("parallelaverage.backends", "parallelaverage.jobdb", "parallelaverage.job", "parallelaverage._state",

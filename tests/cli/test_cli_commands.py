@@ -319,3 +319,25 @@ def test_cleanup_dry_run_then_for_real(tmp_path):
     assert not list((tmp_path / ".parallelaverage").glob("*/attempts/*/snapshot-r*.pkl"))
     assert cli("cleanup", cwd=tmp_path).stdout == "nothing to clean up\n"
     assert len(wait(keeper)(2)) == 4  # the newer job still answers
+
+
+def test_cleanup_removes_old_leftovers_of_crashed_writers(tmp_path):
+    from parallelaverage.jobdb import JobDatabase, call_key, new_record
+
+    db = JobDatabase(tmp_path)
+    key = call_key(raw, (1,), N_runs=2)
+    record, _ = db.get_or_create(key, lambda name: new_record(key, name, code_hash="0" * 64))
+    staging = db.root / ".creating-host-1-abcd"
+    staging.mkdir()
+    temp = db.job_dir(record) / ".job.json.tmp-host-1-abcd"
+    temp.write_text("{")
+    young = cli("cleanup", cwd=tmp_path)
+    assert young.stdout == "nothing to clean up\n"  # younger than an hour: a writer may be at work
+    for path in (staging, temp):
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    done = cli("cleanup", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["removed .parallelaverage/.creating-host-1-abcd",
+                                        f"removed .parallelaverage/{record.job_name}/.job.json.tmp-host-1-abcd",
+                                        "removed 2 files and folders"]
+    assert not staging.exists() and not temp.exists() and db.load(record.job_name) == record
