@@ -105,6 +105,23 @@ def test_the_job_database_owns_its_folder():
             assert not private, (module_name(path), sorted(private))
 
 
+def test_the_message_prefix_has_one_home():
+    """``[parallelaverage]`` is written by errors.say / errors.warn (PREFIX): no other code spells it."""
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "errors.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        spelled += [f"{module_name(path)}:{node.lineno}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and "parallelaverage]" in node.value and id(node) not in docstrings]
+    assert spelled == []
+
+
 def test_the_job_folder_layout_knows_nothing_of_statistics_and_the_formats_nothing_of_backends():
     assert not {i for i in GRAPH["parallelaverage.jobfiles.layout"] if "stats" in i or "_kernels" in i}
     above = ("parallelaverage.backends", "parallelaverage.jobdb", "parallelaverage.job", "parallelaverage._state",

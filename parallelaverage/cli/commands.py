@@ -41,11 +41,6 @@ class UsageError(Exception):
     """The command line asks for something impossible (a wrong name or value): exit code 2."""
 
 
-def warn(message: str) -> None:
-    """One warning line on standard error."""
-    say(message, file=sys.stderr)
-
-
 def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, allow_nan=False))
 
@@ -88,7 +83,7 @@ def refresh(job: Job) -> JobState | None:
     try:
         return job.state()
     except Exception as error:  # one broken job must not hide the others
-        warn(f"{job.name}: cannot read its state: {' '.join(str(error).split())}")
+        say(f"{job.name}: cannot read its state: {' '.join(str(error).split())}", file=sys.stderr)
         return None
 
 
@@ -133,7 +128,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     db = open_database(args.path)
     scan = db.scan()
     for problem in scan.problems:
-        warn(f"skipping an unreadable job: {problem}")
+        say(f"skipping an unreadable job: {problem}", file=sys.stderr)
     records = scan.records
     if args.function:
         records = [r for r in records if args.function in (r.function, r.function.rsplit(".", 1)[-1],
@@ -244,7 +239,7 @@ def _read_result(job: Job, state: JobState) -> Any:
     except (SubmissionError, LaunchError, RunsFailedError):
         return None
     except (OSError, ValueError) as error:
-        warn(f"{job.name}: cannot read its result: {' '.join(str(error).split())}")
+        say(f"{job.name}: cannot read its result: {' '.join(str(error).split())}", file=sys.stderr)
         return None
 
 
@@ -269,7 +264,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     state = job.state()
     summary = detail_summary(job, state, _read_result(job, state))
     for problem in summary["problems"]:
-        warn(f"{job.name}: {problem}")
+        say(f"{job.name}: {problem}", file=sys.stderr)
     if args.json:
         emit_json(summary)
         return outcome(job.record)
@@ -305,15 +300,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
     state = job.watch()
     summary = detail_summary(job, state, _read_result(job, state))
     for problem in summary["problems"]:
-        warn(f"{job.name}: {problem}")
+        say(f"{job.name}: {problem}", file=sys.stderr)
     runs = summary["runs"]
     pairs = [("status", f"{summary['status']}: {runs['successful']} of {runs['total']} runs done, "
                         f"{runs['failed']} failed, {runs['missing']} missing")]
     print(pairs_text(pairs + result_lines(summary["result"])))
     code = outcome(job.record)
     if code:
-        warn(f"{job.name} has failed or missing runs: see '{PROG} show {job.name}', "
-             f"run them again with '{PROG} resubmit {job.name}'")
+        say(f"{job.name} has failed or missing runs: see '{PROG} show {job.name}', "
+            f"run them again with '{PROG} resubmit {job.name}'", file=sys.stderr)
     return code
 
 
