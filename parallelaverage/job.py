@@ -84,19 +84,24 @@ class Job:
 
     @property
     def name(self) -> str:
+        """The job's name, ``"<number>_<function>"`` (its folder in the database)."""
         return self.record.job_name
 
     @property
     def average(self) -> Any:
+        """What is averaged: ``"all"``, the averaged tuple elements, or None when
+        the runs' outputs are kept without averaging (``@parallel``)."""
         average = self.record.options.get("average")
         return tuple(average) if isinstance(average, list) else average
 
     @property
     def n_tasks(self) -> int:
+        """The MPI ranks the job was submitted with (``N_tasks``)."""
         return int(self.record.options.get("N_tasks", 1))
 
     @property
     def all_runs(self) -> Any:
+        """Every run id of the job, in order (computed on demand)."""
         return self.space.ids(self.space.all())
 
     # ------------------------------------------------------------------ reading

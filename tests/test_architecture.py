@@ -168,10 +168,54 @@ def test_the_public_names_and_the_lazy_table_agree_and_each_has_a_docstring():
             assert (value.__doc__ or "").strip(), f"parallelaverage.{name} has no docstring"
 
 
-@pytest.mark.parametrize("module", ["parallelaverage.mpi", "parallelaverage.stats", "parallelaverage.job",
-                                    "parallelaverage.runspace", "parallelaverage.errors", "parallelaverage.results"])
+PUBLIC_MODULES = ["parallelaverage", "parallelaverage.mpi", "parallelaverage.stats", "parallelaverage.job",
+                  "parallelaverage.runspace", "parallelaverage.errors", "parallelaverage.results",
+                  "parallelaverage.jobdb"]
+
+
+def documented_in_source(module: object, name: str) -> bool:
+    """Whether the module (or, for a package, one of its modules) that assigns the constant
+    ``name`` documents it: a ``#:`` comment right above, or a string right after (what
+    Sphinx's autodoc reads)."""
+    path = Path(module.__file__)
+    for candidate in [path, *(sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [])]:
+        source = candidate.read_text()
+        body, lines = ast.parse(source).body, source.splitlines()
+        for i, node in enumerate(body):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                after = body[i + 1] if i + 1 < len(body) else None
+                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                    return True
+                return lines[node.lineno - 2].lstrip().startswith("#:")
+    return False
+
+
+def undocumented_members(cls: type) -> list[str]:
+    """The public methods and properties a class defines without a docstring."""
+    missing = []
+    for name, member in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        if callable(function) and not (function.__doc__ or "").strip():
+            missing.append(f"{cls.__name__}.{name}")
+    return missing
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
 def test_every_public_name_of_a_public_module_has_a_docstring(module):
+    """Functions and classes (and the public methods and properties of those classes) by
+    their docstring, constants by a ``#:`` comment or a string after them."""
     loaded = importlib.import_module(module)
-    missing = [name for name in getattr(loaded, "__all__", [])
-               if callable(getattr(loaded, name)) and not (getattr(loaded, name).__doc__ or "").strip()]
+    missing = []
+    for name in loaded.__all__:
+        value = getattr(loaded, name)
+        if not callable(value):
+            if not documented_in_source(loaded, name):
+                missing.append(name)
+        elif not (value.__doc__ or "").strip():
+            missing.append(name)
+        elif isinstance(value, type) and not issubclass(value, BaseException):
+            missing += undocumented_members(value)
     assert missing == []
