@@ -136,6 +136,31 @@ def test_the_widget_in_jupyter(monkeypatch):
     assert drawn == [("made", 10, 4, "1_f"), ("drawn", 4, ""), ("drawn", 10, "1 failed"), ("closed",)]
 
 
+def test_a_notebook_shows_tqdm_s_widget(tmp_path):
+    """A real Jupyter kernel (ipykernel, driven by nbclient) waits for a real job: the bar is
+    a widget, not lines on standard error. Skipped without them, except under CI=true."""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        import ipywidgets  # noqa: F401 - the kernel's tqdm needs it for the widget
+    except ImportError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the notebook test cannot run: {error}", pytrace=False)
+        pytest.skip(f"needs ipykernel, ipywidgets and nbclient (the test extra): {error}")
+    cells = [
+        f"import os, time, parallelaverage as pa\nos.chdir({str(tmp_path)!r})\n"
+        "def slow(x):\n    time.sleep(0.1)\n    return x\n",
+        "f = pa.parallel_average(N_runs=8, N_tasks=2, queuing_system='local')(slow)\nprint(pa.wait(f)(1.0))",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(notebook, kernel_name="python3", timeout=120).execute()
+    outputs = notebook.cells[1].outputs
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 1 and widgets[0]["data"]["text/plain"].startswith("1_slow:"), outputs
+    assert not [o for o in outputs if o.get("name") == "stderr"], outputs  # no lines besides
+    assert "AveragedResult(job='1_slow', runs=8" in "".join(o.get("text", "") for o in outputs)
+
+
 def test_neither_importing_parallelaverage_nor_the_ranks_load_tqdm():
     code = ("import sys, parallelaverage, parallelaverage.worker; parallelaverage.wait; parallelaverage.Job;"
             "import parallelaverage.cli; assert 'tqdm' not in sys.modules, 'tqdm was imported'")
