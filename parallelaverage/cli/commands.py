@@ -9,7 +9,6 @@ warnings to standard error, so that ``--json`` output can be piped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import json
 import os
@@ -214,10 +213,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\n".join(_status_line(job, s) for job, s in zip(jobs, summaries)), flush=True)
         return 0
     print("\n".join(f"{job.name}: {job.record.call}" for job in jobs), flush=True)
-    with contextlib.ExitStack() as bars_open:
-        bars = [bars_open.enter_context(RunsBar(s["runs"]["total"], stream=sys.stdout, position=i,
-                                                line_interval_s=args.interval))
-                for i, s in enumerate(summaries)]
+    bars = [RunsBar(s["runs"]["total"], stream=sys.stdout, position=i, line_interval_s=args.interval)
+            for i, s in enumerate(summaries)]
+    try:
         while True:
             for job, summary, bar in zip(jobs, summaries, bars):
                 bar.label = _status_label(job, summary)
@@ -229,6 +227,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
             prefetch_states(jobs)  # one queue query for all of them
             summaries = _status_summaries(jobs)
+    finally:
+        for bar in bars:  # top down: a terminal's bars stay in their order
+            bar.close()
 
 
 def _read_result(job: Job, state: JobState) -> Any:
