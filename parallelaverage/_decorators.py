@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Callable
 
 import cloudpickle
@@ -140,7 +139,7 @@ class ParallelFunction:
             closest = db.closest(key)
             hint = "; closest stored calls: " + ", ".join(r.call for r in closest) if closest else ""
             raise NoJobError(
-                f"{action}: no job for {key.describe()} in {Path(self._options.path).resolve()}/.parallelaverage"
+                f"{action}: no job for {key.describe()} in {db.root}"
                 f"{hint}. Call it without @{action} to submit it."
             )
         return record

@@ -17,7 +17,7 @@ from parallelaverage._display import array_range
 from parallelaverage.job import Job
 from parallelaverage.runspace import encode_run_id
 from parallelaverage._state import Crash, JobState, LaunchState
-from parallelaverage.jobdb import JobRecord
+from parallelaverage.jobdb import JobRecord, describe_value
 from parallelaverage.results import AveragedResult, RunOutputs
 
 __all__ = ["total_runs", "job_summary", "launch_rate", "status_summary", "detail_summary",
@@ -93,30 +93,56 @@ def status_summary(job: Job, state: JobState) -> dict[str, Any]:
             "rate_runs_per_s": json_number(rate), "eta_s": json_number(eta)}
 
 
-def _element_summary(element: Any) -> dict[str, Any]:
+def _numbers(array: np.ndarray) -> list[float | None]:
+    """A real array as a JSON list: nan and inf become None."""
+    values = array.astype(np.float64)
+    if np.isfinite(values).all():
+        return values.tolist()
+    return [json_number(v) for v in values.tolist()]
+
+
+def _series(mean: np.ndarray, error: np.ndarray, points: int) -> dict[str, Any] | None:
+    """A 1-D real mean and its error for a plot, thinned evenly to at most ``points``."""
+    if mean.ndim != 1 or not mean.size or mean.dtype.kind not in "biuf":
+        return None
+    step = max(1, math.ceil(mean.size / points))
+    return {"step": step, "x": list(range(0, mean.size, step)), "mean": _numbers(mean[::step]),
+            "error": _numbers(np.broadcast_to(error, mean.shape)[::step])}
+
+
+def _element_summary(index: int, element: Any, plot_points: int | None) -> dict[str, Any]:
     """One element of a result: an average (mean, error, range) or a value kept as is."""
     if not isinstance(element, AveragedResult):
-        return {"averaged": False, "type": type(element).__name__, "shape": None, "count": None,
-                "mean": None, "error": None, "min": None, "max": None, "error_max": None}
+        return {"index": index, "averaged": False, "type": type(element).__name__, "text": describe_value(element),
+                "shape": None, "count": None, "mean": None, "error": None, "variance": None,
+                "min": None, "max": None, "error_max": None, "series": None}
     mean, error = np.asarray(element.data), np.asarray(element.estimated_error)
     scalar = mean.ndim == 0
     mean_range, error_range = array_range(mean), array_range(error)
     return {
-        "averaged": True, "type": mean.dtype.name, "shape": list(mean.shape), "count": int(element.count),
+        "index": index, "averaged": True, "type": mean.dtype.name, "text": None, "shape": list(mean.shape),
+        "count": int(element.count),
         "mean": json_number(mean) if scalar else None, "error": json_number(error) if scalar else None,
+        "variance": json_number(element.estimated_variance) if scalar else None,
         "min": mean_range[0] if mean_range else None, "max": mean_range[1] if mean_range else None,
         "error_max": error_range[1] if error_range else None,
+        "series": _series(mean, error, plot_points) if plot_points else None,
     }
 
 
-def result_summary(result: Any) -> dict[str, Any] | None:
-    """The ``result`` key of ``parallelaverage show --json``.
+def result_summary(result: Any, *, plot_points: int | None = None) -> dict[str, Any] | None:
+    """The ``result`` key of ``parallelaverage show --json`` and of the viewer's job details.
+
+    Args:
+        result: What a call returns now (:meth:`Job.result`).
+        plot_points: Give each 1-D average a ``series`` for a plot (the viewer's),
+            thinned evenly to at most this many points; None leaves ``series`` null.
 
     Returns:
         None while nothing has finished; ``{"kind": "outputs", "runs": n}`` for a job
         that keeps outputs (``@parallel``); ``{"kind": "average", "tuple": bool,
         "elements": [...]}`` for an average, one element per averaged value (several
-        when the function returns a tuple).
+        when the function returns a tuple). The keys are in ``docs/cli.md``.
     """
     if result is None:
         return None
@@ -124,7 +150,7 @@ def result_summary(result: Any) -> dict[str, Any] | None:
         return {"kind": "outputs", "runs": len(result)}
     elements = result if isinstance(result, tuple) else (result,)
     return {"kind": "average", "tuple": isinstance(result, tuple),
-            "elements": [_element_summary(e) for e in elements]}
+            "elements": [_element_summary(i, e, plot_points) for i, e in enumerate(elements)]}
 
 
 LISTED_IDS = 1000

@@ -8,6 +8,7 @@ and so can users (as with submitit's ``Job``)::
     job.done()          # not running any more
     job.result()        # what a call returns now (warnings for failed/missing runs)
     job.wait()          # block until it stops, then the result
+    job.watch()         # block until it stops, then its state (runs done, failed, missing)
     job.cancel()
     job.resubmit(include_crashed=False, fresh_streams=False)
     print(job.stdout())
@@ -83,19 +84,24 @@ class Job:
 
     @property
     def name(self) -> str:
+        """The job's name, ``"<number>_<function>"`` (its folder in the database)."""
         return self.record.job_name
 
     @property
     def average(self) -> Any:
+        """What is averaged: ``"all"``, the averaged tuple elements, or None when
+        the runs' outputs are kept without averaging (``@parallel``)."""
         average = self.record.options.get("average")
         return tuple(average) if isinstance(average, list) else average
 
     @property
     def n_tasks(self) -> int:
+        """The MPI ranks the job was submitted with (``N_tasks``)."""
         return int(self.record.options.get("N_tasks", 1))
 
     @property
     def all_runs(self) -> Any:
+        """Every run id of the job, in order (computed on demand)."""
         return self.space.ids(self.space.all())
 
     # ------------------------------------------------------------------ reading
@@ -199,24 +205,45 @@ class Job:
              timeout_s: float | None = None) -> Any:
         """Block until the job stops running, then return :meth:`result`.
 
-        Polls every 10 ms for the first seconds (short jobs finish fast), then less
-        and less often, up to once a second.
+        Args:
+            poll_s, max_poll_s, progress, timeout_s: as :meth:`watch`.
 
         Raises:
             TimeoutError: ``timeout_s`` passed first (the job goes on).
             RunsFailedError, LaunchError, SubmissionError: as :meth:`result`.
         """
-        from parallelaverage._progress import ProgressBar
+        return self.result(self.watch(poll_s, max_poll_s, progress, timeout_s))
 
-        bar = ProgressBar(len(self.space.all()), label=self.name) if progress else None
+    def watch(self, poll_s: float = 0.01, max_poll_s: float = 1.0, progress: bool = True,
+              timeout_s: float | None = None) -> JobState:
+        """Block until the job stops running, showing its progress; return the state it stopped in.
+
+        Polls every ``poll_s`` for the first seconds (short jobs finish fast), then
+        less and less often, up to every ``max_poll_s``.
+
+        Args:
+            poll_s: The first interval between reads of the job's state, in seconds.
+            max_poll_s: The longest interval.
+            progress: Show a progress bar (tqdm's widget in Jupyter, its bar on a
+                terminal, a line every 10 s in a log) on standard error.
+            timeout_s: Give up after this many seconds.
+
+        Raises:
+            TimeoutError: ``timeout_s`` passed first (the job goes on).
+        """
+        from parallelaverage._progress import RunsBar  # loads tqdm: the caller's side only, on first use
+
+        bar = RunsBar(len(self.space.all()), label=self.name) if progress else None
         started = time.monotonic()
         try:
             while True:
-                state = self.state(light=True)  # counts only: the statistics are read once, at the end
+                # counts only: the statistics are read once, when the job has stopped (a stopped
+                # job's light state is its full state: no launch of it is live)
+                state = self.state(light=True)
                 if bar is not None:
                     bar.update(*state.counts())
                 if state.status != "running":
-                    break
+                    return state
                 if timeout_s is not None and time.monotonic() - started > timeout_s:
                     raise TimeoutError(f"job {self.name} still running after {timeout_s:g} s")
                 time.sleep(poll_s)
@@ -225,7 +252,6 @@ class Job:
         finally:
             if bar is not None:
                 bar.close()
-        return self.result()
 
     def stdout(self) -> str:
         """The standard output of every launch, with a header per launch."""

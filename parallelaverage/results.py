@@ -110,6 +110,7 @@ class AveragedResult(np.lib.mixins.NDArrayOperatorsMixin):
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the mean (``()`` for a scalar)."""
         return np.shape(self.data)
 
     def _repr_html_(self) -> str:

@@ -160,6 +160,7 @@ class Positions:
 
     @classmethod
     def range(cls, start: int, stop: int) -> Positions:
+        """The positions ``start, ..., stop - 1`` (none if ``stop <= start``)."""
         made = cls()
         if stop > start:
             made._starts.append(int(start))
@@ -168,6 +169,7 @@ class Positions:
 
     @classmethod
     def of(cls, positions: Iterable[int]) -> Positions:
+        """The given positions, in any order, repeats allowed."""
         made = cls()
         for position in sorted(positions):
             made.add(position)
@@ -211,6 +213,7 @@ class Positions:
 
     @property
     def count(self) -> int:
+        """How many positions (as ``len``)."""
         return len(self)
 
     def __bool__(self) -> bool:
@@ -227,6 +230,7 @@ class Positions:
             yield from range(start, stop)
 
     def ranges(self) -> list[tuple[int, int]]:
+        """The positions as sorted, disjoint, non-touching ``(start, stop)`` ranges."""
         return list(zip(self._starts, self._stops))
 
     def ranges_from(self, index: int) -> list[tuple[int, int]]:
@@ -235,9 +239,11 @@ class Positions:
 
     @property
     def n_ranges(self) -> int:
+        """How many ranges hold the positions (what the set operations cost)."""
         return len(self._starts)
 
     def first(self) -> int | None:
+        """The smallest position; None if there is none."""
         return self._starts[0] if self._starts else None
 
     def nth(self, index: int) -> int:
@@ -259,12 +265,14 @@ class Positions:
         return f"Positions({shown}{more}; {len(self)} in all)"
 
     def copy(self) -> Positions:
+        """An independent copy (adding to it leaves this one as it is)."""
         made = Positions()
         made._starts, made._stops = list(self._starts), list(self._stops)
         return made
 
     # ------------------------------------------------------------ set algebra
     def union(self, *others: Positions) -> Positions:
+        """The positions in this or any of ``others`` (also ``a | b``)."""
         pieces = sorted(r for p in (self, *others) for r in zip(p._starts, p._stops))
         made = Positions()
         starts, stops = made._starts, made._stops
@@ -281,6 +289,7 @@ class Positions:
         return self.union(other)
 
     def difference(self, other: Positions) -> Positions:
+        """The positions in this but not in ``other`` (also ``a - b``)."""
         made = Positions()
         j, theirs = 0, list(zip(other._starts, other._stops))
         for start, stop in zip(self._starts, self._stops):
@@ -306,6 +315,7 @@ class Positions:
         return self.difference(other)
 
     def intersection(self, other: Positions) -> Positions:
+        """The positions in both (also ``a & b``)."""
         return self.difference(self.difference(other))
 
     def __and__(self, other: Positions) -> Positions:
@@ -322,10 +332,16 @@ class Positions:
         self._starts, self._stops = [int(s) for s in starts], [int(s) for s in stops]
 
     def to_json(self) -> list[list[int]]:
+        """The ranges as JSON data: ``[[start, stop], ...]``."""
         return [[a, b] for a, b in self.ranges()]
 
     @classmethod
     def from_json(cls, value: Any) -> Positions:
+        """The positions of :meth:`to_json`'s data.
+
+        Raises:
+            ValueError: ``value`` is not a list of ``[start, stop]`` integer pairs.
+        """
         if not isinstance(value, list) or not all(
             isinstance(pair, list) and len(pair) == 2 and all(type(x) is int for x in pair) for pair in value
         ):

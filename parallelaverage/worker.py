@@ -405,7 +405,7 @@ def report_write_error(status: RankStatus, rank: int, what: str, error: OSError)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return  # stderr is probably on the same full file system, and mpiexec dies of a failed write
     try:
-        print(f"[parallelaverage] rank {rank} {message}", file=sys.stderr, flush=True)
+        say(f"rank {rank} {message}", file=sys.stderr)
     except OSError:
         pass
 

@@ -84,6 +84,44 @@ def test_the_job_database_imports_nothing_above_it():
     assert not wrong, sorted(wrong)
 
 
+def names_imported_from(path: Path, module: str) -> set[str]:
+    """The names a file imports with ``from <module> import ...``."""
+    return {alias.name for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == module and not node.level for alias in node.names}
+
+
+def test_the_job_database_owns_its_folder():
+    """Outside jobdb/, the database is reached through ``parallelaverage.jobdb``'s public names
+    (JobDatabase's methods for its folder), never its modules (their layout constants, index
+    files, name patterns): the tools above it (cli/, viewer/, _cleanup...) ask the database."""
+    wrong = {(m, i) for m, found in GRAPH.items() if not in_group(m, ("parallelaverage.jobdb",))
+             for i in found if i.startswith("parallelaverage.jobdb.")}
+    assert not wrong, sorted(wrong)
+    import parallelaverage.jobdb as jobdb
+
+    for path in PACKAGE.rglob("*.py"):
+        if not in_group(module_name(path), ("parallelaverage.jobdb",)):
+            private = names_imported_from(path, "parallelaverage.jobdb") - set(jobdb.__all__)
+            assert not private, (module_name(path), sorted(private))
+
+
+def test_the_message_prefix_has_one_home():
+    """``[parallelaverage]`` is written by errors.say / errors.warn (PREFIX): no other code spells it."""
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "errors.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        spelled += [f"{module_name(path)}:{node.lineno}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and "parallelaverage]" in node.value and id(node) not in docstrings]
+    assert spelled == []
+
+
 def test_the_job_folder_layout_knows_nothing_of_statistics_and_the_formats_nothing_of_backends():
     assert not {i for i in GRAPH["parallelaverage.jobfiles.layout"] if "stats" in i or "_kernels" in i}
     above = ("parallelaverage.backends", "parallelaverage.jobdb", "parallelaverage.job", "parallelaverage._state",
@@ -130,10 +168,54 @@ def test_the_public_names_and_the_lazy_table_agree_and_each_has_a_docstring():
             assert (value.__doc__ or "").strip(), f"parallelaverage.{name} has no docstring"
 
 
-@pytest.mark.parametrize("module", ["parallelaverage.mpi", "parallelaverage.stats", "parallelaverage.job",
-                                    "parallelaverage.runspace", "parallelaverage.errors", "parallelaverage.results"])
+PUBLIC_MODULES = ["parallelaverage", "parallelaverage.mpi", "parallelaverage.stats", "parallelaverage.job",
+                  "parallelaverage.runspace", "parallelaverage.errors", "parallelaverage.results",
+                  "parallelaverage.jobdb"]
+
+
+def documented_in_source(module: object, name: str) -> bool:
+    """Whether the module (or, for a package, one of its modules) that assigns the constant
+    ``name`` documents it: a ``#:`` comment right above, or a string right after (what
+    Sphinx's autodoc reads)."""
+    path = Path(module.__file__)
+    for candidate in [path, *(sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [])]:
+        source = candidate.read_text()
+        body, lines = ast.parse(source).body, source.splitlines()
+        for i, node in enumerate(body):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                after = body[i + 1] if i + 1 < len(body) else None
+                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                    return True
+                return lines[node.lineno - 2].lstrip().startswith("#:")
+    return False
+
+
+def undocumented_members(cls: type) -> list[str]:
+    """The public methods and properties a class defines without a docstring."""
+    missing = []
+    for name, member in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        if callable(function) and not (function.__doc__ or "").strip():
+            missing.append(f"{cls.__name__}.{name}")
+    return missing
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
 def test_every_public_name_of_a_public_module_has_a_docstring(module):
+    """Functions and classes (and the public methods and properties of those classes) by
+    their docstring, constants by a ``#:`` comment or a string after them."""
     loaded = importlib.import_module(module)
-    missing = [name for name in getattr(loaded, "__all__", [])
-               if callable(getattr(loaded, name)) and not (getattr(loaded, name).__doc__ or "").strip()]
+    missing = []
+    for name in loaded.__all__:
+        value = getattr(loaded, name)
+        if not callable(value):
+            if not documented_in_source(loaded, name):
+                missing.append(name)
+        elif not (value.__doc__ or "").strip():
+            missing.append(name)
+        elif isinstance(value, type) and not issubclass(value, BaseException):
+            missing += undocumented_members(value)
     assert missing == []

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +30,7 @@ from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.backends.base import Backend
 from parallelaverage.backends.slurm_options import check_slurm_options
 from parallelaverage.backends.slurm_script import ScriptInputs, load_template, render_script, template_path
+from parallelaverage.errors import warn
 
 __all__ = ["SlurmBackend", "RUNNING_STATES", "TERMINAL_STATES"]
 
@@ -216,8 +216,8 @@ class SlurmBackend(Backend):
                 self._cache_state(files, attempt, job_id, slurm_state, reason)
                 return
             if time.monotonic() > deadline:
-                warnings.warn(f"[parallelaverage] SLURM job {job_id} is still {slurm_state} "
-                              f"{self.cancel_timeout_s:g} s after scancel", RuntimeWarning, stacklevel=2)
+                warn(f"SLURM job {job_id} is still {slurm_state} {self.cancel_timeout_s:g} s after scancel",
+                     RuntimeWarning)
                 return
             time.sleep(poll_s)
             poll_s = min(0.5, poll_s * 1.5)

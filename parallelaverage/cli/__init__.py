@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from parallelaverage.cli.commands import PROG, UsageError, run
+from parallelaverage.errors import PREFIX, say
 from parallelaverage.jobdb import JobNotFoundError
 
 __all__ = ["main", "build_parser"]
@@ -134,9 +135,7 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
                   file: TextIO | None = None, line: str | None = None) -> None:
     """A library warning as one ``[parallelaverage] ...`` line (its first line)."""
     text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    if not text.startswith("[parallelaverage]"):
-        text = f"[parallelaverage] {text}"
-    print(text.rstrip(":"), file=sys.stderr, flush=True)
+    say(text.removeprefix(PREFIX).strip().rstrip(":"), file=sys.stderr)
 
 
 def _expected(error: BaseException) -> bool:
@@ -167,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2): argparse printed it
         return int(exit_.code or 0)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[parallelaverage] %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{PREFIX} %(message)s"))
     handler.setLevel(logging.WARNING)
     logger = logging.getLogger("parallelaverage")
     logger.addHandler(handler)

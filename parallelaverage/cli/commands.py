@@ -12,11 +12,10 @@ import argparse
 import difflib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from parallelaverage._cleanup import cleanup
 from parallelaverage.cli.text import (
@@ -24,12 +23,10 @@ from parallelaverage.cli.text import (
 )
 from parallelaverage.job import Job, prefetch_states
 from parallelaverage._state import JobState
-from parallelaverage._progress import ProgressBar, progress_text
+from parallelaverage._progress import RunsBar, runs_meter
 from parallelaverage._summary import detail_summary, job_summary, status_summary, total_runs
-from parallelaverage.errors import LaunchError, RunsFailedError, SubmissionError
+from parallelaverage.errors import LaunchError, RunsFailedError, SubmissionError, say
 from parallelaverage.jobdb import LIVE_STATUSES, STATUSES, JobDatabase, JobNotFoundError, JobRecord
-from parallelaverage.jobdb.database import DB_DIRNAME
-from parallelaverage.jobdb.records import JOB_NAME_PATTERN
 
 __all__ = ["run", "UsageError", "PROG"]
 
@@ -41,11 +38,6 @@ KNOWN_STATUSES = STATUSES
 
 class UsageError(Exception):
     """The command line asks for something impossible (a wrong name or value): exit code 2."""
-
-
-def warn(message: str) -> None:
-    """One warning line on standard error."""
-    print(f"[parallelaverage] {message}", file=sys.stderr, flush=True)
 
 
 def emit_json(data: Any) -> None:
@@ -61,32 +53,22 @@ def open_database(path: str) -> JobDatabase:
     return JobDatabase(path)
 
 
-def _job_names(db: JobDatabase) -> list[str]:
-    try:
-        return [entry.name for entry in os.scandir(db.root)
-                if JOB_NAME_PATTERN.fullmatch(entry.name) and entry.is_dir()]
-    except FileNotFoundError:
-        return []
-
-
-def _by_index(name: str) -> int:
-    return int(name.split("_", 1)[0])
+def _number(name: str) -> str:
+    return name.split("_", 1)[0]
 
 
 def resolve_job(db: JobDatabase, name: str) -> Job:
     """The job called ``name``, or numbered ``name``; a usage error naming the closest jobs."""
+    names = db.job_names()  # oldest first
     if name.isdigit():
-        matches = sorted(n for n in _job_names(db) if n.split("_", 1)[0] == name)
+        matches = [n for n in names if _number(n) == name]
         if len(matches) > 1:
             raise UsageError(f"several jobs have the number {name}: {', '.join(matches)}; give the full name")
-        if matches:
-            name = matches[0]
-    if JOB_NAME_PATTERN.fullmatch(name):
-        try:
-            return Job(db, db.load(name))
-        except JobNotFoundError:
-            pass
-    names = sorted(_job_names(db), key=_by_index, reverse=True)
+    try:
+        return Job(db, db.resolve(name))
+    except JobNotFoundError:
+        pass
+    names.reverse()
     same_function = [n for n in names if n.split("_", 1)[1:] == [name]]
     closest = same_function[:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(closest)}" if closest else (
@@ -100,7 +82,7 @@ def refresh(job: Job) -> JobState | None:
     try:
         return job.state()
     except Exception as error:  # one broken job must not hide the others
-        warn(f"{job.name}: cannot read its state: {' '.join(str(error).split())}")
+        say(f"{job.name}: cannot read its state: {' '.join(str(error).split())}", file=sys.stderr)
         return None
 
 
@@ -145,7 +127,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     db = open_database(args.path)
     scan = db.scan()
     for problem in scan.problems:
-        warn(f"skipping an unreadable job: {problem}")
+        say(f"skipping an unreadable job: {problem}", file=sys.stderr)
     records = scan.records
     if args.function:
         records = [r for r in records if args.function in (r.function, r.function.rsplit(".", 1)[-1],
@@ -171,7 +153,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         emit_json({"path": str(db.path), "jobs": [job_summary(r) for r in records]})
         return 0
     if not records:
-        where = db.root if db.root.is_dir() else f"{db.path} (it has no {DB_DIRNAME} folder; pass --path DIR)"
+        where = db.root if db.root.is_dir() else f"{db.path} (it has no {db.root.name} folder; pass --path DIR)"
         filtered = " match" if (statuses or wanted or args.function) else ""
         print(f"no jobs{filtered} in {where}", file=sys.stderr)
         return 0
@@ -193,16 +175,20 @@ def _status_summaries(jobs: list[Job]) -> list[dict[str, Any]]:
     return summaries
 
 
+def _status_label(job: Job, summary: dict[str, Any]) -> str:
+    return job.name if summary["status"] == "running" else f"{job.name} ({summary['status']})"
+
+
 def _status_line(job: Job, summary: dict[str, Any]) -> str:
-    runs = summary["runs"]
-    label = job.name if summary["status"] == "running" else f"{job.name} ({summary['status']})"
-    text = progress_text(label, runs["successful"], runs["failed"], runs["total"],
-                         rate_per_s=summary["rate_runs_per_s"], width=20)
+    runs, rate = summary["runs"], summary["rate_runs_per_s"]
+    processed = runs["successful"] + runs["failed"]
+    text = runs_meter(_status_label(job, summary), runs["successful"], runs["failed"], runs["total"],
+                      elapsed_s=summary["elapsed_s"], rate_per_s=rate, initial=processed if rate is None else 0)
     return f"{text}  {job.record.call}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print a progress line per running (or named) job; with ``--watch``, until none runs."""
+    """Print a progress line per running (or named) job; with ``--watch``, bars until none runs."""
     if args.interval <= 0:
         raise UsageError(f"--interval {args.interval}: must be > 0 seconds")
     if args.watch and args.json:
@@ -223,23 +209,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"no running jobs in {db.root}", file=sys.stderr)
         return 0
-    tty = sys.stdout.isatty()
-    drawn = 0
-    while True:
-        lines = [_status_line(job, s) for job, s in zip(jobs, summaries)]
-        if tty:
-            columns = shutil.get_terminal_size((100, 24)).columns
-            lines = [line[: columns - 1] for line in lines]
-            sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(lines) + "\n")
-            drawn = len(lines)
-        else:
-            print("\n".join(lines))
-        sys.stdout.flush()
-        if not args.watch or all(job.record.status != "running" for job in jobs):
-            return 0
-        time.sleep(args.interval)
-        prefetch_states(jobs)  # one queue query for all of them
-    summaries = _status_summaries(jobs)
+    if not args.watch:
+        print("\n".join(_status_line(job, s) for job, s in zip(jobs, summaries)), flush=True)
+        return 0
+    print("\n".join(f"{job.name}: {job.record.call}" for job in jobs), flush=True)
+    bars = [RunsBar(s["runs"]["total"], stream=sys.stdout, position=i, line_interval_s=args.interval)
+            for i, s in enumerate(summaries)]
+    try:
+        while True:
+            for job, summary, bar in zip(jobs, summaries, bars):
+                bar.label = _status_label(job, summary)
+                runs = summary["runs"]
+                bar.update(runs["successful"], runs["failed"], rate_per_s=summary["rate_runs_per_s"],
+                           elapsed_s=summary["elapsed_s"])
+            if all(job.record.status != "running" for job in jobs):
+                return 0
+            time.sleep(args.interval)
+            prefetch_states(jobs)  # one queue query for all of them
+            summaries = _status_summaries(jobs)
+    finally:
+        for bar in bars:  # top down: a terminal's bars stay in their order
+            bar.close()
 
 
 def _read_result(job: Job, state: JobState) -> Any:
@@ -250,7 +240,7 @@ def _read_result(job: Job, state: JobState) -> Any:
     except (SubmissionError, LaunchError, RunsFailedError):
         return None
     except (OSError, ValueError) as error:
-        warn(f"{job.name}: cannot read its result: {' '.join(str(error).split())}")
+        say(f"{job.name}: cannot read its result: {' '.join(str(error).split())}", file=sys.stderr)
         return None
 
 
@@ -275,7 +265,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     state = job.state()
     summary = detail_summary(job, state, _read_result(job, state))
     for problem in summary["problems"]:
-        warn(f"{job.name}: {problem}")
+        say(f"{job.name}: {problem}", file=sys.stderr)
     if args.json:
         emit_json(summary)
         return outcome(job.record)
@@ -304,39 +294,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     return outcome(job.record)
 
 
-def _poll(job: Job, on_state: Callable[[JobState], None]) -> JobState:
-    """Read the job's state until it stops running: often at first, then once a second."""
-    poll_s, started = 0.02, time.monotonic()
-    while True:
-        state = job.state()
-        on_state(state)
-        if state.status != "running":
-            return state
-        time.sleep(poll_s)
-        if time.monotonic() - started > 2.0:
-            poll_s = min(1.0, poll_s * 1.2)
-
-
 def cmd_wait(args: argparse.Namespace) -> int:
     """Draw a progress bar until the job stops running, then its result; exit 1 as ``show``."""
     db = open_database(args.path)
     job = resolve_job(db, args.job)
-    bar = ProgressBar(len(job.all_runs), label=job.name)
-    try:
-        state = _poll(job, lambda s: bar.update(len(s.successful), len(s.failed)))
-    finally:
-        bar.close()
+    state = job.watch()
     summary = detail_summary(job, state, _read_result(job, state))
     for problem in summary["problems"]:
-        warn(f"{job.name}: {problem}")
+        say(f"{job.name}: {problem}", file=sys.stderr)
     runs = summary["runs"]
     pairs = [("status", f"{summary['status']}: {runs['successful']} of {runs['total']} runs done, "
                         f"{runs['failed']} failed, {runs['missing']} missing")]
     print(pairs_text(pairs + result_lines(summary["result"])))
     code = outcome(job.record)
     if code:
-        warn(f"{job.name} has failed or missing runs: see '{PROG} show {job.name}', "
-             f"run them again with '{PROG} resubmit {job.name}'")
+        say(f"{job.name} has failed or missing runs: see '{PROG} show {job.name}', "
+            f"run them again with '{PROG} resubmit {job.name}'", file=sys.stderr)
     return code
 
 

@@ -12,7 +12,7 @@ This package imports only the standard library, numpy, cloudpickle and filelock.
 from parallelaverage._atomic import atomic_write_bytes, atomic_write_json, read_json
 from .database import JobDatabase, JobScan
 from .errors import CorruptFileError, JobNotFoundError, LockTimeoutError
-from .keys import CallKey, call_key, code_changes, code_fingerprint, code_hash, describe_code_changes
+from .keys import CallKey, call_key, code_changes, code_fingerprint, code_hash, describe_code_changes, describe_value
 from .locks import SOFT_LOCKS_ENV
 from .records import LIVE_STATUSES, SCHEMA_VERSION, STATUSES, JobRecord, new_record
 
@@ -35,6 +35,7 @@ __all__ = [
     "code_fingerprint",
     "code_hash",
     "describe_code_changes",
+    "describe_value",
     "new_record",
     "read_json",
 ]

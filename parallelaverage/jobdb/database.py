@@ -58,12 +58,13 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import index
-from parallelaverage._atomic import atomic_write_bytes, atomic_write_json, host_tag, read_json
+from parallelaverage._atomic import TEMP_MARKER, atomic_write_bytes, atomic_write_json, host_tag, read_json
 from .errors import CorruptFileError, JobNotFoundError
 from parallelaverage.errors import ReadOnlyDatabaseError
 from .keys import CallKey
@@ -303,6 +304,75 @@ class JobDatabase:
             raise ValueError(f"{name!r} is not a job name; job names look like '12_simulate'")
         return self.root / name
 
+    @staticmethod
+    def is_job_name(name: str) -> bool:
+        """Whether ``name`` is a job name (``"<number>_<function>"``, e.g. ``"12_simulate"``),
+        safe as a folder name: no path, nothing hidden."""
+        return isinstance(name, str) and JOB_NAME_PATTERN.fullmatch(name) is not None
+
+    def record_stamp(self, job_name: str) -> tuple[int, int, int] | None:
+        """What changes whenever a job's record is written: ``(mtime_ns, size, inode)`` of its ``job.json``.
+
+        For caches of records (the viewer's): one ``stat``, where :meth:`load` reads
+        and checks the file. Records are replaced by rename, so the inode changes with
+        every write, even within the filesystem's time resolution.
+
+        Returns:
+            The stamp; None when the job folder has no ``job.json`` (or is gone).
+
+        Raises:
+            ValueError: ``job_name`` is not a job name.
+        """
+        self.job_dir(job_name)  # validates the name before it becomes a path
+        try:
+            stat = os.stat(os.path.join(self._root_str, job_name, JOB_FILENAME))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def current_job_of(self, record: JobRecord) -> str | None:
+        """The job that now answers the call ``record`` was made for (by the call's index entry).
+
+        Returns:
+            ``record.job_name`` for a current job; the newer job's name when a forced
+            resubmission (``do_submit``) superseded it; None when the index has no
+            readable entry for the call (:meth:`reindex` restores missing ones).
+        """
+        try:
+            return index.read_entry(index.entry_path(self.root, record.key_digest), record.key_digest)
+        except (FileNotFoundError, CorruptFileError):
+            return None
+
+    def leftovers(self, min_age_s: float = 3600.0) -> list[Path]:
+        """What crashed writers left in the database, untouched for ``min_age_s`` seconds.
+
+        Job folders being staged (``.creating-*``) or removed (``.removing-*``) and the
+        temporary files of interrupted atomic writes, anywhere in the database (job
+        folders included). Nothing reads them; younger ones may belong to a writer
+        still at work.
+
+        Returns:
+            Their paths (for :func:`parallelaverage.cleanup` to remove), folders first.
+        """
+        now = time.time()
+
+        def untouched(path: str | Path) -> bool:
+            try:
+                return now - os.lstat(path).st_mtime > min_age_s
+            except FileNotFoundError:
+                return False
+
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        prefixes = (_STAGING_PREFIX, _REMOVING_PREFIX)
+        found = [Path(e.path) for e in entries if e.name.startswith(prefixes) and untouched(e.path)]
+        for temp in sorted(self.root.rglob(f"*{TEMP_MARKER}*")):
+            if not temp.relative_to(self.root).parts[0].startswith(prefixes) and untouched(temp):
+                found.append(temp)
+        return found
+
     # ----------------------------------------------------------------- writing
 
     def get_or_create(
@@ -385,15 +455,14 @@ class JobDatabase:
         self._ensure_layout()
         restored = []
         with self._db_lock:
-            for record in sorted(self.scan().records, key=lambda r: r.index):
-                entry = index.entry_path(self.root, record.key_digest)
-                try:
-                    current = index.read_entry(entry, record.key_digest)
-                    if current == record.job_name or current and self.job_dir(current).is_dir() and \
-                            int(current.split("_", 1)[0]) > record.index:
-                        continue
-                except (FileNotFoundError, CorruptFileError):
-                    pass
+            newest: dict[str, JobRecord] = {}
+            for record in self.scan().records:  # newest first
+                newest.setdefault(record.key_digest, record)
+            for record in sorted(newest.values(), key=lambda r: r.index):
+                current = self.current_job_of(record)
+                if current == record.job_name or current and self.job_dir(current).is_dir() and \
+                        int(current.split("_", 1)[0]) > record.index:
+                    continue
                 index.write_entry(self.root, _KeyOf(record), record.job_name, dir_mode=_DIR_MODE)  # type: ignore[arg-type]
                 restored.append(record.job_name)
         return restored
@@ -511,7 +580,8 @@ class JobDatabase:
             ValueError: A change is invalid, or names an unknown or fixed field.
             LockTimeoutError: The job's lock was not acquired in time.
         """
-        fixed = {"job_name", "key_digest", "function", "call", "arguments", "N_runs", "average_results"}
+        fixed = {"job_name", "key_digest", "function", "call", "arguments", "arguments_order", "N_runs",
+                 "average_results"}
         fields = {f.name for f in dataclasses.fields(JobRecord)}
         if bad := sorted(set(changes) & fixed):
             raise ValueError(f"cannot change {', '.join(bad)} of a job: they identify its call")

@@ -6,6 +6,7 @@ indented JSON with sorted keys, for example::
     {
       "N_runs": 100,
       "arguments": {"L": "64", "T": "2.5"},
+      "arguments_order": ["L", "T"],
       "average_results": "all",
       "call": "simulate(L=64, T=2.5)",
       "code_hash": "9f2c...",
@@ -30,6 +31,10 @@ back unchanged, so a round trip through an older tool loses nothing.
 
 ``status`` is one of :data:`STATUSES` (older records may hold other words; they are
 read as they are).
+
+``arguments`` is written with sorted keys like the rest; ``arguments_order`` keeps the
+parameters in signature order (records written before it had only the readable call,
+whose order a record read from them takes).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import CorruptFileError
-from .keys import CallKey, check_average_results, check_n_runs, describe_call
+from .keys import CallKey, _render_argument, check_average_results, check_n_runs, describe_call
 
 __all__ = ["JobRecord", "new_record", "utc_now", "SCHEMA_VERSION", "STATUSES", "LIVE_STATUSES", "JOB_NAME_PATTERN"]
 
@@ -63,7 +68,7 @@ STATUSES = ("submitted", "running", "completed", "ended", "cancelled", "submit_f
 LIVE_STATUSES = ("submitted", "running")
 
 #: Fields a record may lack: added after schema version 1 was first written.
-_OPTIONAL_FIELDS = frozenset({"code_parts"})
+_OPTIONAL_FIELDS = frozenset({"code_parts", "arguments_order"})
 
 #: Job names: ``<index>_<function name>``, index counting from 1.
 JOB_NAME_PATTERN = re.compile(r"([1-9][0-9]*)_([A-Za-z0-9_][A-Za-z0-9_.-]*)")
@@ -90,6 +95,8 @@ class JobRecord:
         function: Qualified function name, ``"module.qualname"``.
         call: Readable call, e.g. ``"simulate(L=64)"``.
         arguments: Readable value of each argument, by parameter name.
+        arguments_order: The names of ``arguments`` in signature order (``*args`` and
+            ``**kwargs`` with their stars); taken from ``call`` when not given.
         key_digest: :attr:`CallKey.digest` of the call.
         code_hash: :func:`~parallelaverage.jobdb.code_hash` of the function at submission.
         code_parts: Its :func:`~parallelaverage.jobdb.code_fingerprint`, so that a later
@@ -127,9 +134,13 @@ class JobRecord:
     queue: str | None = None
     queue_job_id: str | None = None
     code_parts: dict[str, str] = field(default_factory=dict)
+    arguments_order: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.arguments_order and isinstance(self.arguments, dict) and isinstance(self.call, str):
+            # a record written before arguments_order: its call lists them in order
+            object.__setattr__(self, "arguments_order", _order_in_call(self.call, self.arguments))
         _check_record(self)
 
     @property
@@ -154,6 +165,7 @@ class JobRecord:
             function=self.function,
             call=self.call,
             arguments=dict(self.arguments),
+            arguments_order=list(self.arguments_order),
             key_digest=self.key_digest,
             code_hash=self.code_hash,
             code_parts=dict(self.code_parts),
@@ -205,6 +217,29 @@ class JobRecord:
             )
         except (TypeError, ValueError) as exc:
             raise CorruptFileError(path, str(exc)) from None
+
+
+def _order_in_call(call: str, arguments: Mapping[str, Any]) -> list[str]:
+    """The parameters in signature order, for a record written before ``arguments_order``.
+
+    The readable call, ``name(label=text, ...)``, lists them in signature order, each
+    piece exactly as :func:`~parallelaverage.jobdb.keys.call_key` rendered it; names
+    not found there (a call cut short) follow in sorted order.
+    """
+    remaining = {label: text for label, text in arguments.items() if isinstance(text, str)}
+    order: list[str] = []
+    position = call.find("(") + 1
+    while remaining and position > 0:
+        for label, text in remaining.items():
+            piece = _render_argument(label, text)
+            if call.startswith(piece, position):
+                order.append(label)
+                del remaining[label]
+                position += len(piece) + 2  # ", "
+                break
+        else:
+            break
+    return order + sorted(remaining)
 
 
 def check_schema_version(data: dict[str, Any], path: str | os.PathLike[str], *, what: str) -> int:
@@ -270,6 +305,7 @@ def new_record(
         function=key.function,
         call=key.call,
         arguments=key.arguments,
+        arguments_order=[label for label, _ in key.argument_reprs],
         key_digest=key.digest,
         code_hash=code_hash,
         code_parts={} if code_parts is None else dict(code_parts),
@@ -299,6 +335,9 @@ def _check_record(record: JobRecord) -> None:
         isinstance(k, str) and isinstance(v, str) for k, v in record.arguments.items()
     ):
         raise TypeError("field 'arguments': must map parameter names to readable strings")
+    if not isinstance(record.arguments_order, list) or sorted(record.arguments_order) != sorted(record.arguments):
+        raise ValueError(f"field 'arguments_order'={record.arguments_order!r}: must list the names of 'arguments' "
+                         "(in signature order)")
     if not isinstance(record.code_parts, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in record.code_parts.items()
     ):

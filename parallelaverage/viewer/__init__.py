@@ -23,14 +23,12 @@ import sys
 import threading
 import webbrowser
 
+from parallelaverage.errors import say
 from parallelaverage.jobdb import JobDatabase
 
 from ._server import ViewerServer
 
 __all__ = ["make_server", "serve", "ViewerServer"]
-
-PREFIX = "[parallelaverage]"
-
 
 def make_server(path: str | os.PathLike[str] = ".", port: int = 0, *, host: str = "127.0.0.1",
                 token: str | None = None) -> tuple[ViewerServer, str]:
@@ -103,18 +101,19 @@ def serve(path: str | os.PathLike[str] = ".", port: int = 0, open_browser: bool 
     """
     server, url = make_server(path, port, host=host)
     bound = server.server_address[1]
-    print(f"{PREFIX} viewer of the jobs in {server.db.root}", flush=True)
+    say(f"viewer of the jobs in {server.db.root}")
     print(f"    {url}", flush=True)
     if os.environ.get("SSH_CONNECTION"):
-        print(f"{PREFIX} from your computer: ssh -N -L {bound}:127.0.0.1:{bound} {_user()}@{socket.gethostname()}"
-              f"  then open the URL above there", flush=True)
-    print(f"{PREFIX} press Ctrl+C to stop", flush=True)
+        say(f"from your computer: ssh -N -L {bound}:127.0.0.1:{bound} {_user()}@{socket.gethostname()}"
+            "  then open the URL above there")
+    say("press Ctrl+C to stop")
     if open_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print(f"\n{PREFIX} viewer stopped", file=sys.stderr, flush=True)
+        sys.stderr.write("\n")  # after the terminal's ^C
+        say("viewer stopped", file=sys.stderr)
     finally:
         server.server_close()
 

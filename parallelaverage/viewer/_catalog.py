@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -32,11 +31,8 @@ from operator import itemgetter, methodcaller
 from typing import Any
 
 from parallelaverage.jobdb import CorruptFileError, JobDatabase, JobNotFoundError, JobRecord
-from parallelaverage.jobdb.database import JOB_FILENAME
-from parallelaverage.jobdb.keys import _render_argument
-from parallelaverage.jobdb.records import JOB_NAME_PATTERN
 
-__all__ = ["ACTIVE_STATUSES", "Catalog", "JobQuery", "parameter_order", "summarize"]
+__all__ = ["ACTIVE_STATUSES", "Catalog", "JobQuery", "summarize"]
 
 logger = logging.getLogger("parallelaverage.viewer")
 
@@ -51,29 +47,6 @@ MAX_FACET_VALUES = 200
 _CACHED_QUERIES = 16
 
 _Stamp = tuple[int, int, int]
-
-
-def parameter_order(record: JobRecord) -> list[str]:
-    """The record's parameter names in signature order.
-
-    ``job.json`` stores ``arguments`` with sorted keys; the readable call,
-    ``name(label=text, ...)``, still has them in signature order, and each piece
-    is exactly what :func:`~parallelaverage.jobdb.keys.call_key` rendered.
-    """
-    remaining = dict(record.arguments)
-    order: list[str] = []
-    position = record.call.find("(") + 1
-    while remaining and position > 0:
-        for label, text in remaining.items():
-            piece = _render_argument(label, text)
-            if record.call.startswith(piece, position):
-                order.append(label)
-                del remaining[label]
-                position += len(piece) + 2  # ", "
-                break
-        else:
-            break
-    return order + sorted(remaining)
 
 
 def summarize(record: JobRecord) -> dict[str, Any]:
@@ -91,7 +64,7 @@ def summarize(record: JobRecord) -> dict[str, Any]:
         "name": record.function.rsplit(".", 1)[-1],
         "call": record.call,
         "arguments": dict(record.arguments),
-        "parameters": tuple(parameter_order(record)),
+        "parameters": tuple(record.arguments_order),
         "N_runs": n_runs,
         "total_runs": n_runs if isinstance(n_runs, int) else math.prod(n_runs),
         "averaged": record.average_results != "keep",
@@ -225,7 +198,6 @@ class Catalog:
     def __init__(self, db: JobDatabase, *, refresh_interval_s: float = 1.0,
                  live_interval_s: float = 2.0, live_budget_s: float = 0.5) -> None:
         self.db = db
-        self._root = os.fspath(db.root)
         self.refresh_interval_s = refresh_interval_s
         self.live_interval_s = live_interval_s
         self.live_budget_s = live_budget_s
@@ -262,8 +234,7 @@ class Catalog:
             if self._loaded.is_set():
                 return
             try:
-                names = self._job_folders()
-                names.sort(key=lambda n: int(n.split("_", 1)[0]), reverse=True)
+                names = self._job_folders()[::-1]  # newest first
                 self._expected = len(names)
                 entries: dict[str, _Entry] = {}
                 for count, name in enumerate(names, 1):
@@ -357,10 +328,9 @@ class Catalog:
         """Store a record just read or written (e.g. by :meth:`Job.state`); return its summary."""
         summary = summarize(record)
         try:
-            stat = os.stat(self.db.job_dir(record) / JOB_FILENAME)
-            stamp: _Stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            stamp = self.db.record_stamp(record.job_name) or (-1, -1, -1)  # none: read again on the next refresh
         except OSError:
-            stamp = (-1, -1, -1)  # read again on the next refresh
+            stamp = (-1, -1, -1)
         with self._lock:
             old = self._entries.get(record.job_name)
             if old is not None and old.summary == summary:
@@ -488,27 +458,22 @@ class Catalog:
             return self.version, self._order
 
     def _job_folders(self) -> list[str]:
-        try:
-            return [e.name for e in os.scandir(self._root) if JOB_NAME_PATTERN.fullmatch(e.name)]
-        except FileNotFoundError:
-            return []
+        return self.db.job_names()
 
     def _read(self, name: str, old: _Entry | None = None) -> _Entry | None:
         """The entry of one job folder: ``old`` if its ``job.json`` did not change,
-        None if the folder is gone or is not a folder."""
-        path = os.path.join(self._root, name, JOB_FILENAME)
+        None if the folder is gone."""
         try:
-            stat = os.stat(path)
-            stamp: _Stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        except FileNotFoundError:
-            if not os.path.isdir(os.path.join(self._root, name)):
+            stamp = self.db.record_stamp(name)
+        except OSError as error:
+            return _Entry((0, 0, 0), None, str(error))
+        if stamp is None:
+            if not self.db.job_dir(name).is_dir():
                 return None
-            stamp = (0, 0, 0)
-        except NotADirectoryError:
-            return None
+            stamp = (0, 0, 0)  # a folder without job.json: load() says what is wrong
         if old is not None and old.stamp == stamp:
             return old
-        # stat before reading: a record replaced in between is read again next time.
+        # stamped before reading: a record replaced in between is read again next time.
         try:
             return _Entry(stamp, summarize(self.db.load(name)))
         except JobNotFoundError:

@@ -17,9 +17,8 @@ import numpy as np
 from parallelaverage.job import Job
 from parallelaverage.runspace import encode_run_id
 from parallelaverage._state import JobState
-from parallelaverage._summary import crash_summary
+from parallelaverage._summary import crash_summary, result_summary
 from parallelaverage.jobdb import JobDatabase
-from parallelaverage.jobdb.keys import describe_value
 from parallelaverage.results import AveragedResult
 
 from ._catalog import summarize
@@ -90,15 +89,12 @@ def job_details(db: JobDatabase, job_name: str) -> tuple[dict[str, Any], Job]:
         "launches": [_launch(launch) for launch in state.launches],
     }
     details["failures"] = _failures(state.failed)
-    if job.average is None:
-        details["result"] = {"kind": "outputs", "runs": len(state.successful)}
-        return details, job
     try:
         result = job.result(state, report=False)
     except Exception as error:
         problems.append(f"cannot build the result: {type(error).__name__}: {error}")
         return details, job
-    details["result"] = _result_summary(result)
+    details["result"] = result_summary(result, plot_points=MAX_PLOT_POINTS)
     return details, job
 
 
@@ -206,59 +202,6 @@ def _failures(failed: Mapping[Any, str]) -> list[dict[str, Any]]:
         if len(group["runs"]) < MAX_RUNS_PER_ERROR:
             group["runs"].append(encode_run_id(run))
     return sorted(groups.values(), key=lambda g: -g["count"])[:MAX_ERROR_GROUPS]
-
-
-def _number(value: Any) -> Any:
-    """A JSON number, or None for nan/inf, or a string for what is not a real number."""
-    value = value.item() if isinstance(value, np.generic) else value
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    return str(value)
-
-
-def _numbers(array: np.ndarray) -> list[Any]:
-    as_float = array.astype(np.float64)
-    values = as_float.tolist()
-    if not np.isfinite(as_float).all():
-        values = [v if math.isfinite(v) else None for v in values]
-    return values
-
-
-def _element_summary(index: int, value: Any) -> dict[str, Any]:
-    if not isinstance(value, AveragedResult):
-        return {"index": index, "kind": "value", "text": describe_value(value)}
-    mean = np.asarray(value.data)
-    summary: dict[str, Any] = {
-        "index": index, "kind": "averaged", "shape": list(mean.shape), "dtype": str(mean.dtype),
-        "count": value.count, "runs": len(value.successful_run_ids),
-    }
-    error = np.broadcast_to(np.asarray(value.estimated_error), mean.shape)
-    variance = np.broadcast_to(np.asarray(value.estimated_variance), mean.shape)
-    real = mean.dtype.kind in "biuf"
-    if mean.ndim == 0:
-        summary["scalar"] = {"mean": _number(mean[()]), "error": _number(error[()]), "variance": _number(variance[()])}
-    elif mean.ndim == 1 and real and mean.size:
-        step = max(1, math.ceil(mean.size / MAX_PLOT_POINTS))
-        summary["series"] = {
-            "step": step,
-            "x": list(range(0, mean.size, step)),
-            "mean": _numbers(mean[::step]),
-            "error": _numbers(error[::step]),
-        }
-    if mean.size and real:
-        finite = mean[np.isfinite(mean)]
-        summary["range"] = [_number(finite.min()), _number(finite.max())] if finite.size else None
-    return summary
-
-
-def _result_summary(result: Any) -> dict[str, Any]:
-    if result is None:
-        return {"kind": "none"}
-    if isinstance(result, tuple):
-        return {"kind": "tuple", "elements": [_element_summary(i, v) for i, v in enumerate(result)]}
-    return {"kind": "averaged", "elements": [_element_summary(0, result)]}
 
 
 def _launch(launch: Any) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from parallelaverage.jobdb import CorruptFileError, JobDatabase
-from parallelaverage.jobdb.records import JOB_NAME_PATTERN
 
 from . import _details
 from ._catalog import Catalog, JobQuery
@@ -199,7 +198,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         parts = path.split("/")
         if len(parts) in (4, 5) and parts[:3] == ["", "api", "jobs"]:
             name = parts[3]
-            if not JOB_NAME_PATTERN.fullmatch(name):
+            if not server.db.is_job_name(name):
                 self._send_json(404, {"error": f"{name!r} is not a job name; job names look like '12_simulate'"})
                 return
             what = parts[4] if len(parts) == 5 else ""

@@ -146,8 +146,10 @@ def test_show_json(db):
     first, second, label = cli_json("show", "5_pair", cwd=db)["result"]["elements"]
     assert first["shape"] == [3] and first["max"] == pytest.approx(9.5)
     assert second["mean"] == pytest.approx(np.mean(np.arange(20) ** 2))
-    assert label == {"averaged": False, "type": "str", "shape": None, "count": None, "mean": None,
-                     "error": None, "min": None, "max": None, "error_max": None}
+    assert label == {"index": 2, "averaged": False, "type": "str", "text": "'label'", "shape": None, "count": None,
+                     "mean": None, "error": None, "variance": None, "min": None, "max": None, "error_max": None,
+                     "series": None}
+    assert second["index"] == 1 and second["variance"] == pytest.approx(np.var(np.arange(20) ** 2, ddof=1))
     assert cli_json("show", "4_raw", cwd=db)["result"] == {"kind": "outputs", "runs": 5}
 
 
@@ -252,7 +254,7 @@ def _status_cancel_and_show(tmp_path):
 
     text = cli("status", "2_sleepy", cwd=tmp_path)
     assert text.returncode == 0
-    assert text.stdout.startswith("2_sleepy [") and "0/4 done, 4 missing" in text.stdout
+    assert text.stdout.startswith("2_sleepy:   0%|") and "| 0/4 runs [" in text.stdout
     assert "sleepy(seconds=600)" in text.stdout
 
     pid = launch_pid(tmp_path, "2_sleepy")
@@ -266,9 +268,15 @@ def _status_cancel_and_show(tmp_path):
     again = cli("cancel", "2_sleepy", cwd=tmp_path)
     assert again.returncode == 0 and "not running (cancelled); nothing to cancel" in again.stdout
 
+    watched = cli("status", "--watch", "--interval", "0.3", "1_sleepy", cwd=tmp_path)  # until it stops
+    assert watched.returncode == 0, watched.stderr
+    lines = watched.stdout.splitlines()
+    assert lines[0] == "1_sleepy: sleepy(seconds=0.5)" and len(lines) >= 3, lines  # a line per interval
+    assert lines[-1].startswith("1_sleepy (completed): 100%|##########| 20/20 runs"), lines
+    assert "\r" not in watched.stdout  # not a terminal: lines, not redraws
     done = cli("wait", "1_sleepy", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "1_sleepy [" in done.stderr and "20/20 done" in done.stderr
+    assert done.stderr.startswith("1_sleepy: 100%|##########| 20/20 runs")
     assert "completed: 20 of 20 runs done, 0 failed, 0 missing" in done.stdout
     assert "0.5 ± 0" in done.stdout
 
@@ -311,3 +319,25 @@ def test_cleanup_dry_run_then_for_real(tmp_path):
     assert not list((tmp_path / ".parallelaverage").glob("*/attempts/*/snapshot-r*.pkl"))
     assert cli("cleanup", cwd=tmp_path).stdout == "nothing to clean up\n"
     assert len(wait(keeper)(2)) == 4  # the newer job still answers
+
+
+def test_cleanup_removes_old_leftovers_of_crashed_writers(tmp_path):
+    from parallelaverage.jobdb import JobDatabase, call_key, new_record
+
+    db = JobDatabase(tmp_path)
+    key = call_key(raw, (1,), N_runs=2)
+    record, _ = db.get_or_create(key, lambda name: new_record(key, name, code_hash="0" * 64))
+    staging = db.root / ".creating-host-1-abcd"
+    staging.mkdir()
+    temp = db.job_dir(record) / ".job.json.tmp-host-1-abcd"
+    temp.write_text("{")
+    young = cli("cleanup", cwd=tmp_path)
+    assert young.stdout == "nothing to clean up\n"  # younger than an hour: a writer may be at work
+    for path in (staging, temp):
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    done = cli("cleanup", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["removed .parallelaverage/.creating-host-1-abcd",
+                                        f"removed .parallelaverage/{record.job_name}/.job.json.tmp-host-1-abcd",
+                                        "removed 2 files and folders"]
+    assert not staging.exists() and not temp.exists() and db.load(record.job_name) == record

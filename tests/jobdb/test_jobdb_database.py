@@ -149,6 +149,51 @@ def test_create_replaces_the_index_entry_and_keeps_the_old_job(db):
     assert {r.job_name for r in db.jobs()} == {old.job_name, new.job_name}
 
 
+def test_current_job_of_a_superseded_job_is_the_newer_one(db):
+    key = key_of(64)
+    old, _ = db.get_or_create(key, maker(key))
+    assert db.current_job_of(old) == old.job_name
+    new = db.create(key, maker(key))  # do_submit
+    assert db.current_job_of(old) == db.current_job_of(new) == new.job_name
+    index_file(db, key).unlink()  # an entry removed by hand: no job answers the call until reindex
+    assert db.current_job_of(old) is None
+    assert db.reindex() == [new.job_name] and db.current_job_of(old) == new.job_name
+
+
+def test_names_and_stamps_of_job_folders(db):
+    assert db.job_names() == [] and db.record_stamp("1_simulate") is None
+    for L in range(1, 12):
+        db.get_or_create(key_of(L), maker(key_of(L)))
+    assert db.job_names() == [f"{n}_simulate" for n in range(1, 12)]  # by number, not as text
+    assert db.is_job_name("11_simulate") and not any(map(db.is_job_name, ["11", "../1_x", "0_x", ".1_x", "1_x/y"]))
+    stamp = db.record_stamp("3_simulate")
+    assert stamp is not None and stamp == db.record_stamp("3_simulate")
+    db.update("3_simulate", status="running")
+    assert db.record_stamp("3_simulate") != stamp  # a new file (renamed into place): a new inode
+    (db.job_dir("3_simulate") / "job.json").unlink()
+    assert db.record_stamp("3_simulate") is None
+    with pytest.raises(ValueError, match="is not a job name"):
+        db.record_stamp("../x")
+
+
+def test_leftovers_of_crashed_writers(db):
+    key = key_of(1)
+    record, _ = db.get_or_create(key, maker(key))
+    staging = db.root / ".creating-host-1-abcd"
+    removing = db.root / ".removing-2_simulate-abcd"
+    for folder in (staging, removing):
+        folder.mkdir()
+        (folder / f".job.json{TEMP_MARKER}x").write_text("{")  # inside a leftover folder: goes with it
+    temp = db.job_dir(record) / f".job.json{TEMP_MARKER}host-1-abcd"
+    temp.write_text("{")
+    assert db.leftovers(min_age_s=3600) == []  # young: a writer may still be at work
+    old = os.stat(temp).st_mtime - 7200
+    for path in (staging, removing, temp):
+        os.utime(path, (old, old))
+    assert sorted(db.leftovers(min_age_s=3600)) == sorted([staging, removing, temp])
+    assert db.job_names() == [record.job_name]
+
+
 def test_save_update_and_load(db):
     key = key_of(64)
     record, _ = db.get_or_create(key, maker(key))

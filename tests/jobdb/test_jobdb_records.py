@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from jobdb_helpers import key_of, simulate
 
-from parallelaverage.jobdb import SCHEMA_VERSION, CorruptFileError, JobRecord, code_hash, new_record
+from parallelaverage.jobdb import (
+    SCHEMA_VERSION, CorruptFileError, JobDatabase, JobRecord, call_key, code_hash, new_record,
+)
 
 
 def record(**changes):
@@ -86,3 +89,41 @@ def test_code_parts_are_stored_and_optional_in_older_records():
     assert new_record(key_of(1), "1_simulate", code_hash="x").code_parts == {}
     with pytest.raises(TypeError, match="field 'code_parts': must map part names to hex digests"):
         record(code_parts={"code": 1})
+
+
+def test_arguments_are_stored_in_signature_order():
+    def f(zeta, alpha, *rest, beta=2, **options):
+        return zeta
+
+    key = call_key(f, (1, "a, b=c", 3, 4), {"beta": 5, "x": [1, 2]}, N_runs=2)
+    r = new_record(key, "1_f", code_hash="0" * 64)
+    assert r.arguments_order == ["zeta", "alpha", "*rest", "beta", "**options"]
+    data = r.to_json()
+    assert data["arguments_order"] == r.arguments_order and sorted(data["arguments"]) == sorted(r.arguments_order)
+    assert JobRecord.from_json(data, "job.json") == r
+    with pytest.raises(CorruptFileError, match="'arguments_order'"):
+        JobRecord.from_json({**data, "arguments_order": ["zeta", "alpha"]}, "job.json")
+
+
+def test_records_written_before_the_order_take_it_from_their_call():
+    def f(zeta, alpha, *rest, beta=2, **options):
+        return zeta
+
+    key = call_key(f, (1, "a, b=c", 3, 4), {"beta": 5, "x": [1, 2]}, N_runs=2)
+    data = new_record(key, "1_f", code_hash="0" * 64).to_json()
+    del data["arguments_order"]
+    assert JobRecord.from_json(data, "job.json").arguments_order == ["zeta", "alpha", "*rest", "beta", "**options"]
+    data["call"] = "f(zeta=1, alpha='a, b=c', *(3, 4), be...)"  # cut short: the rest follow sorted
+    assert JobRecord.from_json(data, "job.json").arguments_order == ["zeta", "alpha", "*rest", "**options", "beta"]
+
+
+def test_the_order_is_in_job_json_on_disk(tmp_path):
+    def g(zeta, alpha):
+        return zeta
+
+    db = JobDatabase(tmp_path)
+    key = call_key(g, (1, 2), N_runs=5)
+    created, _ = db.get_or_create(key, lambda name: new_record(key, name, code_hash="0" * 64))
+    stored = json.loads((db.job_dir(created) / "job.json").read_text())
+    assert list(stored["arguments"]) == ["alpha", "zeta"] and stored["arguments_order"] == ["zeta", "alpha"]
+    assert db.load(created.job_name).arguments_order == ["zeta", "alpha"]

@@ -21,11 +21,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from parallelaverage import load_job, parallel_average
+from parallelaverage import Job, _summary, load_job, parallel_average
 from parallelaverage.jobdb import JobDatabase, call_key, new_record
 from parallelaverage.results import AveragedResult
 from parallelaverage.viewer import _details, make_server
-from parallelaverage.viewer._catalog import Catalog, JobQuery, parameter_order
+from parallelaverage.viewer._catalog import Catalog, JobQuery, summarize
 
 import viewer_models
 from pa_testing import default_sigint
@@ -206,7 +206,7 @@ def test_details_of_a_job_with_failed_runs(viewer):
     assert group["count"] == 3 and group["runs"] == [0, 4, 8]
     assert group["traceback"].startswith("Traceback") and "ValueError: run 0 hit an unstable configuration" in group["traceback"]
     [element] = data["result"]["elements"]
-    assert element["scalar"]["mean"] == pytest.approx(np.mean([r for r in range(12) if r % 4]))
+    assert element["mean"] == pytest.approx(np.mean([r for r in range(12) if r % 4])) and element["shape"] == []
     assert data["record"]["options"]["N_tasks"] == 2 and data["directory"].endswith(name)
 
 
@@ -216,7 +216,7 @@ def test_details_of_a_1d_result_for_its_plot(viewer):
     result = load_job(name, viewer.path)
     [element] = data["result"]["elements"]
     series = element["series"]
-    assert element["shape"] == [32] and element["runs"] == 40 and series["x"] == list(range(32))
+    assert element["shape"] == [32] and element["count"] == 40 and series["x"] == list(range(32))
     np.testing.assert_allclose(series["mean"], result.data, rtol=1e-15)
     np.testing.assert_allclose(series["error"], result.estimated_error, rtol=1e-15)
     assert data["failures"] == [] and data["problems"] == []
@@ -226,22 +226,35 @@ def test_details_of_kept_outputs_and_of_tuples(viewer):
     names = names_by_call(viewer)
     assert api(viewer, f"/api/jobs/{names['trajectory(steps=10)']}")["result"] == {"kind": "outputs", "runs": 5}
     result = api(viewer, f"/api/jobs/{names['observables(L=8)']}")["result"]
-    assert result["kind"] == "tuple"
+    assert result["kind"] == "average" and result["tuple"] is True
     array, scalar, label = result["elements"]
-    assert len(array["series"]["mean"]) == 8 and "mean" in scalar["scalar"]
-    assert label == {"index": 2, "kind": "value", "text": "'label'"}
+    assert len(array["series"]["mean"]) == 8 and scalar["shape"] == [] and scalar["mean"] is not None
+    assert (label["index"], label["averaged"], label["type"], label["text"]) == (2, False, "str", "'label'")
+
+
+def test_one_result_schema_for_the_viewer_and_the_command_line(viewer):
+    """The viewer's result is ``show --json``'s, each 1-D average with its plot data besides."""
+    for name in names_by_call(viewer).values():
+        shown = _summary.result_summary(Job.load(name, viewer.path).result(report=False))
+        viewed = api(viewer, f"/api/jobs/{name}")["result"]
+        if shown is not None and shown["kind"] == "average":
+            for element in viewed["elements"]:
+                assert (element["series"] is not None) == (element["averaged"] and len(element["shape"]) == 1)
+                element["series"] = None
+        assert viewed == shown, name
 
 
 def test_results_with_nan_become_null_in_json():
     result = AveragedResult(np.array([1.0, np.nan, 3.0]), np.array([0.1, np.nan, np.inf]), np.array([1.0, 2.0, 3.0]),
                             successful_run_ids=[0], failed_run_ids=[], runs=None, job_name="1_f", count=1, total_weight=1.0)
-    summary = _details._element_summary(0, result)
+    [summary] = _summary.result_summary(result, plot_points=100)["elements"]
     assert summary["series"]["mean"] == [1.0, None, 3.0] and summary["series"]["error"] == [0.1, None, None]
+    assert (summary["min"], summary["max"], summary["error_max"]) == (1.0, 3.0, 0.1)
     json.dumps(summary, allow_nan=False)
-    scalar = _details._element_summary(0, AveragedResult(np.float64(2.0), np.float64(np.nan), np.float64(np.nan),
-                                       successful_run_ids=[0], failed_run_ids=[], runs=None, job_name="1_f",
-                                       count=1, total_weight=1.0))
-    assert scalar["scalar"] == {"mean": 2.0, "error": None, "variance": None}
+    [scalar] = _summary.result_summary(AveragedResult(
+        np.float64(2.0), np.float64(np.nan), np.float64(np.nan), successful_run_ids=[0], failed_run_ids=[], runs=None,
+        job_name="1_f", count=1, total_weight=1.0))["elements"]
+    assert (scalar["mean"], scalar["error"], scalar["variance"], scalar["series"]) == (2.0, None, None, None)
 
 
 def test_unknown_and_invalid_job_names_are_404(viewer):
@@ -406,13 +419,15 @@ def test_the_newest_jobs_are_served_while_the_rest_load(tmp_path, monkeypatch):
     assert [j["job_name"] for j in catalog.page(JobQuery(limit=1000))["jobs"]] == names[::-1]
 
 
-def test_parameter_order_follows_the_signature():
+def test_parameters_in_signature_order_from_the_record():
     def f(zeta, alpha, *rest, beta=2, **options):
         return zeta
 
     key = call_key(f, (1, "a, b=c", 3, 4), {"beta": 5, "x": [1, 2]}, N_runs=2)
     record = new_record(key, "1_f", code_hash="0" * 64)
-    assert parameter_order(record) == ["zeta", "alpha", "*rest", "beta", "**options"]
+    assert summarize(record)["parameters"] == ("zeta", "alpha", "*rest", "beta", "**options")
+    swapped = dataclasses.replace(record, arguments_order=["beta", "zeta", "alpha", "*rest", "**options"])
+    assert summarize(swapped)["parameters"] == ("beta", "zeta", "alpha", "*rest", "**options")  # not from the call
 
 
 # ------------------------------------------------------------- serve()

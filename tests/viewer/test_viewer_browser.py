@@ -141,6 +141,21 @@ def test_failed_runs_with_their_traceback_and_a_table_for_scalars(viewer, page):
     assert "±" in page.locator("#details table.scalars td.mean").inner_text()
 
 
+def test_a_tuple_result_and_kept_outputs(viewer, page):
+    """The result is drawn from the keys of ``show --json``: per element of a tuple, and for kept outputs."""
+    page.goto(viewer.url)
+    page.wait_for_selector("#jobs tbody tr.job")
+    rows(page).filter(has_text="observables(L=8)").click()
+    elements = page.locator("#details .element")
+    expect(elements).to_have_count(2)  # the two averaged ones; the third is kept from the last run
+    assert [h.inner_text() for h in page.locator("#details h4").all()] == ["element 0", "element 1", "element 2"]
+    elements.nth(0).locator("svg.plot path.mean").wait_for()
+    assert "±" in elements.nth(1).locator("td.mean").inner_text()
+    assert "not averaged, from the last run: 'label'" in page.locator("#details").inner_text()
+    rows(page).filter(has_text="trajectory(steps=10)").click()
+    expect(page.locator("#details")).to_contain_text("The outputs of 5 runs are kept, not averaged.")
+
+
 def test_screenshot_for_the_docs(viewer, page):
     """Writes the screenshot when PARALLELAVERAGE_SCREENSHOT names a file."""
     path = os.environ.get(SCREENSHOT_ENV)

@@ -435,7 +435,7 @@
       });
     }
     parts.push(el("h3", {}, "Result"));
-    parts.push(resultView(job, data.result));
+    parts.push(resultView(job, data.result, data.problems));
 
     const outputButton = el("button", { type: "button", class: "link" }, outputShown ? "hide output" : "show output");
     const outputHolder = el("div", {});
@@ -460,31 +460,31 @@
     holder.replaceChildren(el("pre", { class: "output" }, text || "(empty)"));
   }
 
-  function resultView(job, result) {
-    if (!result) return el("p", { class: "muted" }, "No result could be read (see the problems above).");
-    if (result.kind === "none") return el("p", { class: "muted" }, "No run has finished yet.");
+  // ``result`` has the keys of ``show --json`` (docs/cli.md), with a ``series`` per 1-D average.
+  function resultView(job, result, problems) {
+    if (!result) {
+      return el("p", { class: "muted" }, problems.length ? "No result could be read (see the problems above)." : "No run has finished yet.");
+    }
     if (result.kind === "outputs") {
       return el("p", {}, `The outputs of ${plural(result.runs, "run")} are kept, not averaged. In Python: `,
         el("code", {}, `load_job("${job.job_name}")`), " returns them by run id.");
     }
-    const tuple = result.kind === "tuple";
     return el("div", {}, result.elements.map((element) => {
-      const title = tuple ? el("h4", {}, `element ${element.index}`) : null;
-      if (element.kind === "value") return el("div", {}, title, el("p", {}, "not averaged, from the last run: ", el("code", {}, element.text)));
+      const title = result.tuple ? el("h4", {}, `element ${element.index}`) : null;
+      if (!element.averaged) return el("div", {}, title, el("p", {}, "not averaged, from the last run: ", el("code", {}, element.text)));
       const body = [title];
-      if (element.scalar) {
-        const s = element.scalar;
+      if (element.shape.length === 0) {
         body.push(el("table", { class: "scalars" },
-          el("tr", {}, el("th", {}, "mean ± error"), el("td", { class: "mean" }, `${fmt(s.mean)} ± ${fmt(s.error)}`)),
-          el("tr", {}, el("th", {}, "variance"), el("td", {}, fmt(s.variance))),
-          el("tr", {}, el("th", {}, "runs averaged"), el("td", {}, element.runs.toLocaleString()))));
+          el("tr", {}, el("th", {}, "mean ± error"), el("td", { class: "mean" }, `${fmt(element.mean)} ± ${fmt(element.error)}`)),
+          el("tr", {}, el("th", {}, "variance"), el("td", {}, fmt(element.variance))),
+          el("tr", {}, el("th", {}, "runs averaged"), el("td", {}, element.count.toLocaleString()))));
       } else if (element.series) {
         body.push(plot(element.series));
-        body.push(el("p", { class: "muted" }, `mean ± estimated error over ${plural(element.runs, "run")}, ${element.shape[0].toLocaleString()} points` +
+        body.push(el("p", { class: "muted" }, `mean ± estimated error over ${plural(element.count, "run")}, ${element.shape[0].toLocaleString()} points` +
           (element.series.step > 1 ? ` (every ${element.series.step}th shown; the downloads have all)` : "")));
       } else {
-        body.push(el("p", {}, `An array of shape (${element.shape.join(", ")}), ${element.dtype}, averaged over ${plural(element.runs, "run")}` +
-          (element.range ? `; mean from ${fmt(element.range[0])} to ${fmt(element.range[1])}.` : ".")));
+        body.push(el("p", {}, `An array of shape (${element.shape.join(", ")}), ${element.type}, averaged over ${plural(element.count, "run")}` +
+          (element.min !== null ? `; mean from ${fmt(element.min)} to ${fmt(element.max)}.` : ".")));
       }
       const base = `api/jobs/${encodeURIComponent(job.job_name)}`;
       const suffix = element.index ? `-${element.index}` : "";
