@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
 from parallelaverage.jobfiles.rankstatus import RankInfo, read_rank_status
-from parallelaverage.jobfiles.tally import Tally, read_ranges
+from parallelaverage.jobfiles.tally import Tally, read_launch_tally
 from parallelaverage.jobfiles.trust import load_pickle
 from parallelaverage.backends import backend_named
 from parallelaverage.backends.base import Backend
@@ -67,6 +67,7 @@ class LaunchState:
     exit_code: int | None = None
     cancelled: bool = False
     crashes: list[Crash] = field(default_factory=list)  # read once the launch has ended
+    history: list[str] = field(default_factory=list)  # how each earlier life of a requeued launch ended
 
     @property
     def live(self) -> bool:
@@ -161,6 +162,7 @@ class JobState:
     launches: list[LaunchState]
     problems: list[str] = field(default_factory=list)
     fatal: str | None = None
+    light: bool = False  # the live launches' tallies hold only their earlier lives (see counts())
 
     # views in run ids, for results, the command line and the viewer
     @property
@@ -192,7 +194,7 @@ class JobState:
         (a light state holds no tally of its live launches)."""
         done, failed = len(self.done), len(self.failed_positions)
         for launch in self.launches:
-            if launch.live and not launch.tally.done and not launch.tally.failed:
+            if launch.live and self.light:
                 done += sum(rank.n_done for rank in launch.ranks)
                 failed += sum(rank.n_failed for rank in launch.ranks)
         return done, failed
@@ -206,37 +208,10 @@ class JobState:
 
 
 # ------------------------------------------------------------------ one launch
-def _read_tally(files: JobFiles, attempt: int, problems: list[str]) -> tuple[Tally, bool]:
-    """A launch's tally, and whether it is final (sealed or a whole result)."""
-    for path in (files.sealed(attempt), files.result(attempt)):
-        if not path.exists():
-            continue
-        try:
-            tally = load_pickle(path)
-        except UntrustedFileError:
-            raise
-        except (OSError, ValueError) as error:
-            problems.append(f"{error}; using the snapshots")
-            continue
-        if isinstance(tally, Tally):
-            return tally, True
-        problems.append(f"{path} is not a result of this version of parallelaverage; using the snapshots")
-    merged = Tally()
-    for path in files.snapshots(attempt):
-        try:
-            piece = load_pickle(path)
-            if not isinstance(piece, Tally):
-                raise ValueError(f"{path} is not a snapshot of this version of parallelaverage")
-            if piece.done_log is not None:  # its done runs are in the rank's done log
-                name, pairs = piece.done_log
-                piece = dataclasses.replace(piece, done=read_ranges(files.attempt_dir(attempt) / name, pairs),
-                                            done_log=None)
-            merged = merged.merged(piece)  # all or nothing: a piece that cannot merge changes nothing
-        except UntrustedFileError:
-            raise
-        except (OSError, ValueError) as error:
-            problems.append(f"{error}; its runs count as missing")
-    return merged, False
+def _read_tally(files: JobFiles, attempt: int, problems: list[str], *,
+                lives: list[int] | None = None) -> tuple[Tally, bool]:
+    """A launch's tally (see :func:`read_launch_tally`), and whether it is final."""
+    return read_launch_tally(files, attempt, problems, lives=lives)
 
 
 def _signal_name(number: int) -> str | None:
@@ -385,8 +360,9 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             phase = _backend(backend_name).state(files, attempt, info)
         else:
             phase = "ended"
-    if light and phase in LIVE_PHASES:
-        tally, final = Tally(), False
+    lives = files.lives(attempt)
+    if light and phase in LIVE_PHASES:  # the earlier lives are frozen; the current one's counts are in `ranks`
+        tally, final = _read_tally(files, attempt, problems, lives=lives[:-1]) if len(lives) > 1 else (Tally(), False)
     else:
         tally, final = _read_tally(files, attempt, problems)
     crashes = _crashes(attempt, ranks, exit_code) if phase == "ended" else []
@@ -408,7 +384,21 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             if rank.error:
                 problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
     return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks, problems, message, exit_code,
-                       cancelled, crashes)
+                       cancelled, crashes, _history(files, attempt, lives))
+
+
+def _history(files: JobFiles, attempt: int, lives: list[int]) -> list[str]:
+    """One line per earlier life of a launch: how it ended and what the next one did."""
+    lines = []
+    for life in lives[:-1]:
+        end = files.read_json(files.life_end(attempt, life))
+        if isinstance(end, dict) and end.get("reason") == "deadline":
+            lines.append(f"life {life} stopped before its time limit with {end.get('left', '?')} runs left "
+                         f"and requeued itself; life {life + 1} ran them")
+        else:
+            lines.append(f"life {life} was requeued by SLURM (a node failure, preemption or scontrol requeue); "
+                         f"life {life + 1} ran the runs it had not finished")
+    return lines
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -439,7 +429,9 @@ def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | No
         for (_, attempt, _), answer in zip(launches, _backend(name).states(launches)):
             states[attempt] = answer
     launches_read = [read_launch(files, attempt, space, states=states, light=light) for attempt in attempts]
-    return combine(launches_read, space, submitted_at=submitted_at)
+    state = combine(launches_read, space, submitted_at=submitted_at)
+    state.light = light and state.status == "running"
+    return state
 
 
 def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float | None = None) -> JobState:

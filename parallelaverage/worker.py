@@ -28,6 +28,7 @@ Knows nothing of decorators or the job database.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ from parallelaverage.jobfiles.layout import JobFiles, LaunchPlan
 from parallelaverage.jobfiles.outputs import OutputWriter, encode_output
 from parallelaverage.jobfiles.payload import Payload
 from parallelaverage.jobfiles.rankstatus import RankStatus
-from parallelaverage.jobfiles.tally import Tally, append_ranges, describe_layout, layout_of
+from parallelaverage.jobfiles.tally import Tally, append_ranges, describe_layout, layout_of, read_life_tally
 from parallelaverage.jobfiles.trust import load_pickle, write_pickle
 from parallelaverage.runspace import Positions, RunSpace
 from parallelaverage.stats import Welford
@@ -303,15 +304,31 @@ STATUS_EVERY_S = 0.25
 """How often a rank copies its counts into its status record (for the caller's progress)."""
 
 
+DEADLINE_MARGIN_S = 15.0
+"""A rank stops claiming runs when its allocation has less than ``max(15 s, 3 × its longest
+run)`` left: what is left then is a margin for the last run, the snapshot and the merge."""
+
+
+def _deadline() -> float | None:
+    """When the allocation ends, on this process's monotonic clock (the SLURM job script
+    exports the job's end time; a local launch has none)."""
+    value = os.environ.get("PARALLELAVERAGE_END_TIME", "")
+    if not value.isdigit():
+        return None
+    return time.monotonic() + (int(value) - time.time())
+
+
 def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payload: Payload,
-            plan: LaunchPlan, space: RunSpace) -> Tally:
-    """Run this rank's share of the launch; return its tally (also on disk)."""
+            plan: LaunchPlan, space: RunSpace, life: int = 0) -> tuple[Tally, bool]:
+    """Run this rank's share of the launch; return its tally (also on disk) and whether it
+    stopped claiming runs because its allocation was about to end."""
     rank = comm.Get_rank()
-    writer = OutputWriter(files.outputs(attempt, rank, payload.encoding), payload.encoding) if payload.keep_runs else None
+    writer = OutputWriter(files.outputs(attempt, rank, payload.encoding, life), payload.encoding) \
+        if payload.keep_runs else None
     recorder = RunRecorder(payload, writer)
-    snapshot_path = files.snapshot(attempt, rank)
-    log_name = f"done-r{rank}.ranges"
-    log_path = files.attempt_dir(attempt) / log_name
+    snapshot_path = files.snapshot(attempt, rank, life)
+    log_path = files.done_log(attempt, rank, life)
+    log_name = log_path.name
     logged = {"pairs": 0, "index": 0}
     checkpoints = CHECKPOINTS
     clock = SnapshotClock()
@@ -362,6 +379,10 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
     previous = now()
     next_status = previous + every_s
     slow = True
+    end = _deadline()
+    stop_at = float("inf") if end is None else end - DEADLINE_MARGIN_S
+    longest = 0.0
+    stopped_early = False
     for position, run in _runs_for_rank(_Plan(plan.positions, space), payload, comm):
         slots[in_flight] = position
         if slow:  # runs of a millisecond or more: child processes see the run id too
@@ -379,8 +400,16 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
         if checkpoints.terminating:
             checkpoints.exit_now()
         moment = now()
-        slow = moment - previous >= 1e-3
+        took = moment - previous
+        slow = took >= 1e-3
         previous = moment
+        if took > longest:
+            longest = took
+            if end is not None:
+                stop_at = end - max(DEADLINE_MARGIN_S, 3 * longest)
+        if moment >= stop_at:  # too little time for another run: leave the rest to the next life
+            stopped_early = True
+            break
         if moment >= next_status:  # at most every 0.25 s, whatever the runs cost
             if checkpoints.requested or clock.due(moment):
                 snapshot()
@@ -393,7 +422,7 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
     patiently(snapshot)
     if writer is not None:
         writer.close()
-    return recorder.tally
+    return recorder.tally, stopped_early
 
 
 def report_write_error(status: RankStatus, rank: int, what: str, error: OSError) -> None:
@@ -425,9 +454,10 @@ def patiently(write: Any, patience_s: float | None = None) -> bool:
     return True
 
 
-def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, status: RankStatus) -> None:
+def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, status: RankStatus,
+                    life: int = 0, planned: int = 0) -> int:
     """Merge every rank's tally (statistics by allreduce, one per layout and element);
-    rank 0 writes the launch's result."""
+    rank 0 writes the life's result. Returns (on every rank) how many planned runs are left."""
     from parallelaverage import mpi
 
     layouts = sorted({layout for part in comm.allgather([g.layout for g in tally.groups]) for layout in part},
@@ -444,7 +474,7 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, stat
                         [type(g)(g.layout, g.runs, {}, g.last_values, g.last_position) for g in tally.groups])
     parts = comm.gather(bookkeeping, root=0)
     if comm.Get_rank() != 0:
-        return
+        return int(comm.bcast(None, root=0))
     result = Tally()
     for part in parts:
         result = result.merged(part)
@@ -455,15 +485,16 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, stat
 
     def write_result() -> bool:
         try:
-            write_pickle(files.result(attempt), result)
+            write_pickle(files.result(attempt, life), result)
         except OSError as error:
-            report_write_error(status, 0, f"cannot write the launch's result {files.result(attempt)}", error)
+            report_write_error(status, 0, f"cannot write the launch's result {files.result(attempt, life)}", error)
             return False
         status.clear_error()
         return True
 
     if not patiently(write_result):
-        raise OSError(f"gave up writing {files.result(attempt)} after {FINAL_WRITE_PATIENCE_S:g} s")
+        raise OSError(f"gave up writing {files.result(attempt, life)} after {FINAL_WRITE_PATIENCE_S:g} s")
+    return int(comm.bcast(max(0, planned - len(result.done) - len(result.failed)), root=0))
 
 
 def _load_payload(files: JobFiles) -> Payload:
@@ -490,23 +521,26 @@ def main(argv: list[str]) -> int:
         say(mismatch, file=sys.stderr)
         return 1
     rank = comm.Get_rank()
-    status = RankStatus(files.rank_status(attempt, rank))
+    life = _life()
+    files.life_dir(attempt, life).mkdir(mode=0o700, exist_ok=True)
+    status = RankStatus(files.rank_status(attempt, rank, life))
     status.catch_crashes()
     CHECKPOINTS.status = status
     try:
         payload = _load_payload(files)
         payload.restore_sources()
-        # only rank 0 reads the plan (a list of ranges), the others get it by broadcast
-        plan, space = comm.bcast(LaunchPlan.read_with_space(files.runs(attempt)) if rank == 0 else None, root=0)
+        # only rank 0 reads the plan (a list of ranges) and seals the earlier lives; the
+        # others get what is left to run by broadcast
+        plan, space = comm.bcast(_plan_of_this_life(files, attempt, life) if rank == 0 else None, root=0)
         _context.set_job_seed(payload.seed)
         _context.set_stream_generation(plan.stream_generation)
-        tally = execute(files, attempt, comm, status, payload, plan, space)
+        tally, stopped_early = execute(files, attempt, comm, status, payload, plan, space, life)
     except Exception:
         # e.g. the function's module cannot be imported here: say so where the caller looks
-        return _fatal(files, attempt, rank, status, comm)
+        return _fatal(files, attempt, rank, status, comm, life)
     status.set_stage("merging")
     try:
-        merge_and_write(files, attempt, tally, comm, status)
+        left = merge_and_write(files, attempt, tally, comm, status, life, len(plan.positions))
     except Exception:
         # every run is in the snapshots, which the caller merges instead; the
         # traceback and the exit code tell it why it has to
@@ -517,16 +551,56 @@ def main(argv: list[str]) -> int:
         return 1
     status.set_stage("finished")
     status.flush()
+    # a life that stopped before its time limit with runs left asks its job script to requeue it
+    if comm.allreduce(int(stopped_early)) and left:
+        if rank == 0:
+            atomic_write_bytes(files.life_end(attempt, life), json.dumps(
+                {"reason": "deadline", "left": left, "life": life}).encode())
+        return REQUEUE_ME
     return 0
 
 
-def _fatal(files: JobFiles, attempt: int, rank: int, status: RankStatus, comm: Any) -> int:
+REQUEUE_ME = 75
+"""The exit status with which the ranks of a life that stopped at its time limit (with runs
+left) ask the job script to requeue the launch (``EX_TEMPFAIL``)."""
+
+
+def _life() -> int:
+    """Which life of its launch this is: 0, or how often SLURM requeued the launch (the job
+    script exports it; a user's template without it still has SLURM's own count; a local
+    launch exports 0, also when started inside an allocation)."""
+    value = os.environ.get("PARALLELAVERAGE_LIFE", os.environ.get("SLURM_RESTART_COUNT", "0"))
+    return int(value) if value.isdigit() else 0
+
+
+def _plan_of_this_life(files: JobFiles, attempt: int, life: int) -> tuple[LaunchPlan, RunSpace]:
+    """The launch's plan, less what its earlier lives did: each earlier life is sealed first,
+    so that a rank of an earlier life still running (on a node SLURM gave up on) cannot
+    make a run count twice."""
+    plan, space = LaunchPlan.read_with_space(files.runs(attempt))
+    if life == 0:
+        return plan, space
+    earlier = Tally()
+    for before in [n for n in files.lives(attempt) if n < life]:
+        seal = files.life_seal(attempt, before)
+        problems: list[str] = []
+        tally, _ = read_life_tally(files, attempt, before, problems)
+        if not seal.exists():
+            write_pickle(seal, tally)
+        for problem in problems:
+            say(f"life {life} of launch {attempt}: {problem}", file=sys.stderr)
+        earlier = earlier.merged(tally)
+    left = plan.positions.difference(earlier.done).difference(earlier.failed)
+    return LaunchPlan(left, plan.stream_generation), space
+
+
+def _fatal(files: JobFiles, attempt: int, rank: int, status: RankStatus, comm: Any, life: int = 0) -> int:
     text = traceback.format_exc()
     status.set_stage("failed_to_start")
     status.set_error(text[-3000:])
     status.flush()
     try:
-        files.fatal(attempt, rank).write_text(text)
+        files.fatal(attempt, rank, life).write_text(text)
     except OSError:
         pass
     traceback.print_exc()

@@ -49,10 +49,12 @@ def render_local_script(files: JobFiles, attempt: int, n_tasks: int, *, python: 
                         mpiexec: str | None = None) -> str:
     """The script of a local launch: environment, mpiexec, pid and exit status."""
     command, extra_env = mpiexec_command(n_tasks, worker_argv(python, files.dir, attempt), mpiexec)
-    exports = {"PYTHONPATH": pythonpath, **extra_env}
+    # a local launch has one life and no time limit, also when the caller runs inside a SLURM job
+    exports = {"PYTHONPATH": pythonpath, "PARALLELAVERAGE_LIFE": "0", **extra_env}
     return _SCRIPT.format(
         job_name=files.dir.name, attempt=attempt, n_tasks=n_tasks,
-        exports="\n".join(f"export {name}={shlex.quote(value)}" for name, value in exports.items()),
+        exports="\n".join([f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
+                          + ["unset PARALLELAVERAGE_END_TIME"]),
         launch=shlex.join(command), pid_file=shlex.quote(str(launcher_pid_file(files, attempt))),
         exit_file=shlex.quote(str(files.exit_code(attempt))),
     )

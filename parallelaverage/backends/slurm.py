@@ -166,7 +166,7 @@ class SlurmBackend(Backend):
         now = time.monotonic()
         for index, (files, attempt, launch) in enumerate(launches):
             job_id = str(launch.get("job_id", ""))
-            if files.exit_code(attempt).exists() or self.cached_state(files, attempt, job_id) is not None:
+            if self.cached_state(files, attempt, job_id) is not None or self._finished(files, attempt):
                 continue
             if now - _SEEN_RUNNING.get(job_id, -float("inf")) < self.squeue_interval_s:
                 result[index] = "running"
@@ -191,6 +191,13 @@ class SlurmBackend(Backend):
             for index in indices:
                 result[index] = "running"
         return result
+
+    @staticmethod
+    def _finished(files: JobFiles, attempt: int) -> bool:
+        """Whether the launch's files alone say it is over: its script wrote the exit status 0
+        after its last life's result. Any other exit status is only a hint: SLURM may be
+        requeueing the job (a node failure) and run another life of it; squeue says."""
+        return files.exit_status(attempt) == 0 and files.result(attempt).exists()
 
     def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> None:
         """``scancel`` the launch's job by its id, then wait until its processes are gone.

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from parallelaverage.errors import OptionError, OptionTypeError
 
 __all__ = [
-    "SBATCH_OPTIONS", "SHORT_OPTIONS", "OURS", "OURS_SHORT", "REFUSED", "REQUEUE_REFUSED", "BACKEND_OPTIONS",
+    "SBATCH_OPTIONS", "SHORT_OPTIONS", "OURS", "OURS_SHORT", "REFUSED", "NO_REQUEUE_REFUSED", "BACKEND_OPTIONS",
     "LAUNCHERS",
     "check_slurm_options", "check_line",
 ]
@@ -33,7 +33,7 @@ SBATCH_OPTIONS: frozenset[str] = frozenset({
     "gres_flags", "hint", "hold", "kill_on_invalid_dep", "licenses", "mail_type", "mail_user",
     "mcs_label", "mem", "mem_bind", "mem_per_cpu", "mem_per_gpu", "mincpus", "network", "nice",
     "no_kill", "nodefile", "nodelist", "nodes", "ntasks_per_core", "ntasks_per_gpu",
-    "ntasks_per_node", "ntasks_per_socket", "open_mode", "overcommit", "oversubscribe",
+    "ntasks_per_node", "ntasks_per_socket", "overcommit", "oversubscribe",
     "partition", "power", "prefer", "priority", "profile", "propagate", "qos", "reboot",
     "reservation", "signal", "sockets_per_node", "spread_job", "switches",
     "thread_spec", "threads_per_core", "time", "time_min", "tmp", "uid", "use_min_nodes",
@@ -55,27 +55,28 @@ OURS: Mapping[str, str] = {
     "output": "the job directory's attempts/<k>/stdout.txt",
     "error": "the job directory's attempts/<k>/stderr.txt",
     "chdir": "the caller's working directory", "parsable": "to read the job id",
-    "no_requeue": "always: SLURM must not run a launch twice in its folder; re_submit runs the "
-                  "missing runs in a new launch",
+    "requeue": "always: a launch that SLURM requeues (a node failure, preemption, its own time "
+               "limit) runs again as its next life and does only the runs its earlier lives left; "
+               "max_relaunches=N limits how often (0: never)",
+    "open_mode": "append: stdout.txt and stderr.txt keep the output of every life of a launch",
 }
 """sbatch options parallelaverage sets itself, and what it sets them to."""
 
 OURS_SHORT: Mapping[str, str] = {"n": "ntasks", "J": "job_name", "o": "output", "e": "error", "D": "chdir"}
 
-REQUEUE_REFUSED = (
-    "SLURM would run the launch again in the same launch folder, under the same job id, while "
-    "ranks the failed node left behind may still write there; parallelaverage runs the missing "
-    "runs again itself, in a new launch: re_submit the call once the job has ended"
+NO_REQUEUE_REFUSED = (
+    "parallelaverage requeues launches itself and resumes them where they stopped; to let a "
+    "launch end at its first requeue instead (its missing runs then wait for re_submit), pass "
+    "max_relaunches=0"
 )
-"""Why every job script says ``--no-requeue`` and the ``requeue`` option is refused.
+"""Why ``no_requeue`` is refused: a requeued launch resumes from its earlier lives' snapshots.
 
 Notes:
     SLURM requeues a batch job whose node fails (``JobRequeue=1``, the default) or that is
-    preempted with ``PreemptMode=REQUEUE``: after about two minutes the job runs the same
-    script again. On the test cluster the ranks of the failed node were still running
-    (their ``slurmd`` was stopped, not the machine), writing the same snapshot files as the
-    second run. With ``--no-requeue`` such a job ends ``NODE_FAIL`` (``PREEMPTED``), and
-    ``scontrol requeue`` is refused too.
+    preempted with ``PreemptMode=REQUEUE``; a launch that reaches its time limit with runs
+    left requeues itself. Each run of the job script is a *life* of the launch: it writes
+    in ``attempts/<k>/life-<n>/``, first seals what the earlier lives did (so that ranks a
+    failed node left behind cannot count a run twice) and runs only what they left.
 """
 
 REFUSED: Mapping[str, str] = {
@@ -87,7 +88,7 @@ REFUSED: Mapping[str, str] = {
     "clusters": "jobs are followed with squeue on the submitting cluster: submit from the target cluster",
     "M": "jobs are followed with squeue on the submitting cluster: submit from the target cluster",
     "test_only": "parallelaverage needs a real job id",
-    "requeue": REQUEUE_REFUSED,
+    "no_requeue": NO_REQUEUE_REFUSED,
 }
 """Options that make no sense for a parallelaverage job, with the reason."""
 
@@ -97,6 +98,8 @@ BACKEND_OPTIONS: Mapping[str, str] = {
     "launcher": "how the job starts its ranks: 'srun' (default) or 'mpiexec'",
     "mpi": "srun's MPI plugin, --mpi=<mpi>: 'pmi2' (default, MPICH) or 'pmix' (Open MPI)",
     "setup": "shell lines run before the launch, e.g. ['module load openmpi']",
+    "max_relaunches": "how often a launch may run again after SLURM requeued it or it reached its "
+                      "time limit with runs left: 3 by default, 0 for never",
 }
 """Options of the SLURM backend itself (not passed to sbatch)."""
 
@@ -158,6 +161,8 @@ def _check_value(name: str, value: Any) -> None:
     if not isinstance(value, (str, int, float)):  # bool is an int: True is a bare flag
         raise OptionTypeError(f"{name}={value!r}: SLURM options must be strings, numbers or True/False")
     check_line(name, str(value))
+    if name == "max_relaunches" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise OptionError(f"max_relaunches={value!r}: must be an integer >= 0 (0: a launch never runs again)")
     if name == "launcher" and value not in LAUNCHERS:
         raise OptionError(f"launcher={value!r}: must be one of {', '.join(map(repr, LAUNCHERS))}")
     if name == "mpi" and not (isinstance(value, str) and _WORD.fullmatch(value)):

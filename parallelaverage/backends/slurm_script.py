@@ -24,7 +24,17 @@ from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_
 from parallelaverage.backends.slurm_options import BACKEND_OPTIONS, SHORT_OPTIONS, check_line
 
 __all__ = ["ScriptInputs", "render_script", "load_template", "template_path", "DEFAULT_TEMPLATE",
-           "PLACEHOLDERS", "DEFAULT_SIGNAL"]
+           "PLACEHOLDERS", "DEFAULT_SIGNAL", "MAX_RELAUNCHES", "REQUEUE_ME", "LIMIT_REACHED"]
+
+MAX_RELAUNCHES = 3
+"""How often a launch may run again by default (requeued by SLURM, or by itself at its
+time limit), when ``max_relaunches`` is not given."""
+
+REQUEUE_ME = 75
+"""The exit status with which the ranks ask to be requeued (see ``parallelaverage.worker``)."""
+
+LIMIT_REACHED = 76
+"""The exit status of a launch requeued more often than ``max_relaunches`` allows."""
 
 DEFAULT_SIGNAL = "USR1@60"
 """``--signal`` unless the user sets ``signal``: the ranks checkpoint 60 s before the time limit."""
@@ -37,8 +47,10 @@ DEFAULT_TEMPLATE = """\
 {{setup}}
 {{environment}}
 exit_file={{exit_code_file}}
+{{lives}}
 {{launch}}
 code=$?
+{{relaunch}}
 echo "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"
 exit "$code"
 """
@@ -49,7 +61,12 @@ PLACEHOLDERS: Mapping[str, str] = {
                       "then the user's options (required)",
     "setup": "the 'setup' option's lines (a line holding only this disappears when there are none)",
     "environment": "export lines: PYTHONPATH = the caller's sys.path, and what the launcher needs",
+    "lives": "which life of the launch this is (SLURM_RESTART_COUNT), the max_relaunches check and the "
+             "allocation's end time for the ranks (keep it before {{launch}}: without it a requeued launch "
+             "still resumes, but no limit applies and the ranks cannot stop before the time limit)",
     "launch": "the launch command: srun (or mpiexec) running the worker",
+    "relaunch": "after {{launch}}: requeue the launch when its ranks stopped at the time limit with runs "
+                "left (exit status 75) and relaunches are left",
     "worker": "the worker command alone: <python> -P -m parallelaverage.worker <job dir> <launch>",
     "exit_code_file": "the file the script must write the launch's exit status to (shell-quoted)",
     "job_name": "the job's name, e.g. 3_simulate",
@@ -152,7 +169,8 @@ class ScriptInputs:
             "ntasks": self.n_tasks, "job_name": self.job_dir.name,
             "output": files.stdout(self.attempt), "error": files.stderr(self.attempt),
             "chdir": self.chdir,
-            "no_requeue": True,  # SLURM must not run a launch twice in its folder (see REQUEUE_REFUSED)
+            "requeue": True,  # a requeued launch resumes as its next life (see NO_REQUEUE_REFUSED)
+            "open_mode": "append",  # every life's output stays
         }
         if "signal" not in self.options:
             ours["signal"] = DEFAULT_SIGNAL
@@ -170,6 +188,35 @@ class ScriptInputs:
         if self.options.get("launcher") == "mpiexec":
             lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(self.mpiexec_env.items())]
         return lines
+
+    @property
+    def max_relaunches(self) -> int:
+        return int(self.options.get("max_relaunches", MAX_RELAUNCHES))
+
+    def lives_lines(self) -> list[str]:
+        """Which life this is, the relaunch limit, and when the allocation ends (for the ranks)."""
+        limit = self.max_relaunches
+        return [
+            'export PARALLELAVERAGE_LIFE="${SLURM_RESTART_COUNT:-0}"',
+            f'if [ "$PARALLELAVERAGE_LIFE" -gt {limit} ]; then',
+            f'  echo "[parallelaverage] launch {self.attempt} was requeued $PARALLELAVERAGE_LIFE times, more than '
+            f'max_relaunches={limit}: not running it again" >&2',
+            f'  echo {LIMIT_REACHED} > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"; exit {LIMIT_REACHED}',
+            "fi",
+            'parallelaverage_end=$(squeue --noheader --jobs="$SLURM_JOB_ID" --format=%e 2>/dev/null)',
+            'export PARALLELAVERAGE_END_TIME="$(date -d "$parallelaverage_end" +%s 2>/dev/null)"',
+        ]
+
+    def relaunch_lines(self) -> list[str]:
+        """Requeue the launch when its ranks stopped before the time limit with runs left."""
+        limit = self.max_relaunches
+        return [
+            f'if [ "$code" = {REQUEUE_ME} ] && [ "$PARALLELAVERAGE_LIFE" -lt {limit} ]; then',
+            '  echo "[parallelaverage] the time limit is near and runs are left: requeueing launch '
+            f'{self.attempt} (life $((PARALLELAVERAGE_LIFE + 1)) runs them)" >&2',
+            '  scontrol requeue "$SLURM_JOB_ID" && sleep 600  # SLURM ends this life now',
+            "fi",
+        ]
 
     def worker_command(self) -> str:
         return shlex.join(worker_argv(self.python, self.job_dir, self.attempt))
@@ -215,6 +262,8 @@ def render_script(inputs: ScriptInputs, template: str = DEFAULT_TEMPLATE, source
     values = {
         "sbatch_options": "\n".join(inputs.sbatch_lines()),
         "setup": "\n".join(inputs.setup_lines()),
+        "lives": "\n".join(inputs.lives_lines()),
+        "relaunch": "\n".join(inputs.relaunch_lines()),
         "environment": "\n".join(inputs.environment_lines()),
         "launch": inputs.launch_command(),
         "worker": inputs.worker_command(),

@@ -159,35 +159,67 @@ class JobFiles:
         """The launch's tally frozen when a later launch was made (see ``_state``)."""
         return self.attempt_dir(attempt) / "sealed.pkl"
 
+    # ------------------------------------------------------------------ lives
+    def life_dir(self, attempt: int, life: int = 0) -> Path:
+        """Where the ranks of one *life* of a launch write: a launch that SLURM requeues
+        (a node failure, preemption, its own time limit) runs again as life 1, 2...
+        in ``attempts/<k>/life-<n>/``; life 0 writes in the launch folder itself."""
+        return self.attempt_dir(attempt) if life == 0 else self.attempt_dir(attempt) / f"life-{life}"
+
+    def lives(self, attempt: int) -> list[int]:
+        """The lives of a launch so far: ``[0]``, or ``[0, 1, ...]`` after requeues."""
+        try:
+            names = os.listdir(self.attempt_dir(attempt))
+        except FileNotFoundError:
+            return [0]
+        return [0] + sorted(int(n[5:]) for n in names if n.startswith("life-") and n[5:].isdigit())
+
+    def life_seal(self, attempt: int, life: int) -> Path:
+        """A life's tally, frozen by the first rank of the next life before it runs anything."""
+        return self.life_dir(attempt, life) / "sealed-life.pkl"
+
+    def life_end(self, attempt: int, life: int) -> Path:
+        """Why a life stopped early by itself (its time limit), with the runs it left."""
+        return self.life_dir(attempt, life) / "life-end.json"
+
     # ------------------------------------------------------------------ ranks
-    def rank_status(self, attempt: int, rank: int) -> Path:
-        return self.attempt_dir(attempt) / f"rank-r{rank}.status"
+    def rank_status(self, attempt: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(attempt, life) / f"rank-r{rank}.status"
 
-    def rank_statuses(self, attempt: int) -> list[tuple[int, Path]]:
-        """``(rank, path)`` of every rank that started, by rank."""
-        return self._per_rank(attempt, "rank-r", ".status")
+    def rank_statuses(self, attempt: int, life: int | None = None) -> list[tuple[int, Path]]:
+        """``(rank, path)`` of every rank that started, by rank (of the latest life by default)."""
+        return self._per_rank(attempt, "rank-r", ".status", self._life(attempt, life))
 
-    def snapshot(self, attempt: int, rank: int) -> Path:
-        return self.attempt_dir(attempt) / f"snapshot-r{rank}.pkl"
+    def snapshot(self, attempt: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(attempt, life) / f"snapshot-r{rank}.pkl"
 
-    def snapshots(self, attempt: int) -> list[Path]:
-        return [path for _, path in self._per_rank(attempt, "snapshot-r", ".pkl")]
+    def snapshots(self, attempt: int, life: int = 0) -> list[Path]:
+        return [path for _, path in self._per_rank(attempt, "snapshot-r", ".pkl", life)]
 
-    def result(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "result.pkl"
+    def done_log(self, attempt: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(attempt, life) / f"done-r{rank}.ranges"
 
-    def outputs(self, attempt: int, rank: int, encoding: str) -> Path:
+    def result(self, attempt: int, life: int | None = None) -> Path:
+        """The merged tally the ranks of a life write last (of the latest life by default)."""
+        return self.life_dir(attempt, self._life(attempt, life)) / "result.pkl"
+
+    def outputs(self, attempt: int, rank: int, encoding: str, life: int = 0) -> Path:
         suffix = "jsonl" if encoding == "json" else "bin"
-        return self.attempt_dir(attempt) / f"outputs-r{rank}.{suffix}"
+        return self.life_dir(attempt, life) / f"outputs-r{rank}.{suffix}"
 
     def all_outputs(self, attempt: int) -> list[Path]:
-        return sorted(self.attempt_dir(attempt).glob("outputs-r*.*"))
+        """The output files of every life of a launch, oldest first."""
+        return [path for life in self.lives(attempt)
+                for path in sorted(self.life_dir(attempt, life).glob("outputs-r*.*"))]
 
-    def fatal(self, attempt: int, rank: int) -> Path:
-        return self.attempt_dir(attempt) / f"fatal-r{rank}.txt"
+    def fatal(self, attempt: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(attempt, life) / f"fatal-r{rank}.txt"
 
-    def fatals(self, attempt: int) -> list[Path]:
-        return [path for _, path in self._per_rank(attempt, "fatal-r", ".txt")]
+    def fatals(self, attempt: int, life: int | None = None) -> list[Path]:
+        return [path for _, path in self._per_rank(attempt, "fatal-r", ".txt", self._life(attempt, life))]
+
+    def _life(self, attempt: int, life: int | None) -> int:
+        return self.lives(attempt)[-1] if life is None else life
 
     def exit_code(self, attempt: int) -> Path:
         return self.attempt_dir(attempt) / "exit_code"
@@ -198,8 +230,8 @@ class JobFiles:
     def stderr(self, attempt: int) -> Path:
         return self.attempt_dir(attempt) / "stderr.txt"
 
-    def _per_rank(self, attempt: int, prefix: str, suffix: str) -> list[tuple[int, Path]]:
-        directory = self.attempt_dir(attempt)
+    def _per_rank(self, attempt: int, prefix: str, suffix: str, life: int = 0) -> list[tuple[int, Path]]:
+        directory = self.life_dir(attempt, life)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:

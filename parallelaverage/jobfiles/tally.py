@@ -28,7 +28,7 @@ from parallelaverage.runspace import Positions
 from parallelaverage.stats import WeightedSample, Welford
 
 __all__ = ["Tally", "Group", "Layout", "layout_of", "describe_layout", "MAX_ERRORS_KEPT", "MAX_GROUPS",
-           "append_ranges", "read_ranges"]
+           "append_ranges", "read_ranges", "read_life_tally", "read_launch_tally"]
 
 MAX_ERRORS_KEPT = 100
 """Failed runs whose message is kept per tally (every failed run is counted)."""
@@ -263,3 +263,68 @@ def read_ranges(path: Any, pairs: int) -> Positions:
     for start, stop in values:
         made.add_range(start, stop)
     return made
+
+
+# ------------------------------------------------------------------ reading a launch's tally
+def _load_tally(path: Any, what: str) -> Tally:
+    from parallelaverage.jobfiles.trust import load_pickle
+
+    tally = load_pickle(path)
+    if not isinstance(tally, Tally):
+        raise ValueError(f"{path} is not a {what} of this version of parallelaverage")
+    return tally
+
+
+def read_life_tally(files: Any, attempt: int, life: int, problems: list[str]) -> tuple[Tally, bool]:
+    """What one life of a launch did: its seal, else its result, else the merge of its ranks'
+    snapshots (with their done logs). Returns the tally and whether it is final.
+
+    A file that cannot be read is named in ``problems`` and left out (its runs count as
+    missing); a file owned by another user raises ``UntrustedFileError``.
+    """
+    from parallelaverage.errors import UntrustedFileError
+
+    for path, what in ((files.life_seal(attempt, life), "seal"), (files.result(attempt, life), "result")):
+        if not path.exists():
+            continue
+        try:
+            return _load_tally(path, what), True
+        except UntrustedFileError:
+            raise
+        except (OSError, ValueError) as error:
+            problems.append(f"{error}; using the snapshots")
+    merged = Tally()
+    for path in files.snapshots(attempt, life):
+        try:
+            piece = _load_tally(path, "snapshot")
+            if piece.done_log is not None:  # its done runs are in the rank's done log
+                name, pairs = piece.done_log
+                piece = Tally(read_ranges(files.life_dir(attempt, life) / name, pairs), piece.failed,
+                              piece.errors, piece.crashed, piece.groups)
+            merged = merged.merged(piece)  # all or nothing: a piece that cannot merge changes nothing
+        except UntrustedFileError:
+            raise
+        except (OSError, ValueError) as error:
+            problems.append(f"{error}; its runs count as missing")
+    return merged, False
+
+
+def read_launch_tally(files: Any, attempt: int, problems: list[str], *,
+                      lives: list[int] | None = None) -> tuple[Tally, bool]:
+    """What a launch did: its seal (written when a later launch was made), else the merge
+    of its lives (``lives``: only these). Returns the tally and whether it is final (sealed,
+    or its last life's result is written)."""
+    from parallelaverage.errors import UntrustedFileError
+
+    if lives is None and files.sealed(attempt).exists():
+        try:
+            return _load_tally(files.sealed(attempt), "seal"), True
+        except UntrustedFileError:
+            raise
+        except (OSError, ValueError) as error:
+            problems.append(f"{error}; using the snapshots")
+    merged, final = Tally(), False
+    for life in files.lives(attempt) if lives is None else lives:
+        piece, final = read_life_tally(files, attempt, life, problems)
+        merged = merged.merged(piece)
+    return merged, final

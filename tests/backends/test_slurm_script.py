@@ -122,8 +122,8 @@ def test_a_template_with_unknown_or_missing_placeholders_is_refused(tmp_path):
 
 def test_every_placeholder_is_documented_and_used_by_the_built_in_template():
     used = {name for name in PLACEHOLDERS if "{{" + name + "}}" in DEFAULT_TEMPLATE}
-    assert used == {"sbatch_options", "setup", "environment", "exit_code_file", "launch", "job_name",
-                    "attempt", "n_tasks"}
+    assert used == {"sbatch_options", "setup", "environment", "exit_code_file", "lives", "launch", "relaunch",
+                    "job_name", "attempt", "n_tasks"}
 
 
 # ----------------------------------------------------------------- option names
@@ -150,7 +150,7 @@ def test_an_unknown_option_with_nothing_close_still_says_how_options_are_spelled
 @pytest.mark.parametrize("name, flag", [
     ("ntasks", "--ntasks"), ("n", "--ntasks"), ("job_name", "--job-name"), ("J", "--job-name"),
     ("output", "--output"), ("o", "--output"), ("error", "--error"), ("e", "--error"),
-    ("chdir", "--chdir"), ("D", "--chdir"), ("no_requeue", "--no-requeue"),
+    ("chdir", "--chdir"), ("D", "--chdir"), ("requeue", "--requeue"), ("open_mode", "--open-mode"),
 ])
 def test_options_we_set_ourselves_are_refused(name, flag):
     with pytest.raises(ValueError, match=rf"^{name}=\.\.\.: parallelaverage sets {flag} itself \(.+\); remove it"):
@@ -161,8 +161,8 @@ def test_options_we_set_ourselves_are_refused(name, flag):
     ("array", "a call is one job: use N_runs"), ("a", "a call is one job"),
     ("wrap", "parallelaverage writes the job script"), ("wait", r"parallelaverage\.wait\(f\)"),
     ("clusters", "submit from the target cluster"),
-    ("requeue", "SLURM would run the launch again in the same launch folder, under the same job id, .* "
-                "re_submit the call once the job has ended"),
+    ("no_requeue", "parallelaverage requeues launches itself and resumes them where they stopped; .* "
+                   "pass max_relaunches=0"),
 ])
 def test_options_that_make_no_sense_for_one_job_are_refused(name, reason):
     with pytest.raises(ValueError, match=rf"^{name}=\.\.\.: not supported: .*{reason}"):

@@ -1,0 +1,107 @@
+"""A job finishes by itself: launches that reach their time limit or that SLURM requeues
+run again as their next *life*, resume where they stopped, and complete with no user call.
+
+Each life seals what the earlier ones did before it runs anything and runs only what they
+left, so no run counts twice and progress never goes back. SLURM holds a requeued job for
+about two minutes before it may start again (its ``BeginTime``): these tests take minutes,
+and run their two jobs at once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import parallelaverage as pa
+from parallelaverage import JobWarning, parallel_average
+from parallelaverage.job import Job
+
+from test_slurm_e2e import attempt_dir, job_id, slurm_cluster, squeue  # noqa: F401
+
+pytestmark = pytest.mark.slurm
+
+THIS = sys.modules[__name__]
+SEED = 23
+
+
+def timed_run(markers: str, seconds: float) -> float:
+    """A run of ``seconds`` that leaves a marker when it finishes (to count runs done twice)."""
+    time.sleep(seconds)
+    run = pa.run_id()
+    Path(markers, f"{run}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return float(run) + pa.rng().standard_normal()
+
+
+def clean_statistics(n_runs: int) -> pa.Welford:
+    acc = pa.Welford()
+    for run in range(n_runs):
+        acc.add(float(run) + np.random.default_rng(np.random.SeedSequence(SEED, spawn_key=(run,))).standard_normal())
+    return acc
+
+
+def watch_until_done(job: Job, timeout_s: float) -> list[int]:
+    """Poll the job as ``wait()`` does until it stops; the done counts seen on the way."""
+    seen, deadline = [], time.monotonic() + timeout_s
+    while True:
+        state = job.state(light=True)
+        seen.append(state.counts()[0])
+        if state.status != "running":
+            return seen
+        assert time.monotonic() < deadline, f"{job.name} still running after {timeout_s} s: {seen[-5:]}"
+        time.sleep(1.0)
+
+
+def test_launches_stopped_by_their_time_limit_or_by_a_requeue_complete_by_themselves(tmp_path):
+    """Two jobs at once, no user call between the submission and the result:
+
+    * **time limit**: 100 runs of 1.5 s on 2 ranks (75 s each) in 1-minute allocations: the
+      ranks stop claiming runs 15 s before the limit, the launch requeues itself, and its
+      next life runs what is left;
+    * **scontrol requeue** (an administrator, preemption): SLURM stops the ranks (SIGTERM:
+      they checkpoint) and runs the script again; the next life resumes.
+    """
+    markers = {name: tmp_path / f"markers-{name}" for name in ("limit", "requeue")}
+    for folder in markers.values():
+        folder.mkdir()
+    limited = parallel_average(N_runs=100, N_tasks=2, seed=SEED, time="00:01:00", queuing_system="slurm",
+                               path=tmp_path, pickle_by_value=[THIS])(timed_run)
+    requeued = parallel_average(N_runs=60, N_tasks=2, seed=SEED, time="00:05:00", queuing_system="slurm",
+                                path=tmp_path, pickle_by_value=[THIS])(timed_run)
+    limited(str(markers["limit"]), 1.5)
+    requeued(str(markers["requeue"]), 0.5)
+    jobs = {"limit": Job.load(1, tmp_path), "requeue": Job.load(2, tmp_path)}
+    first_id = job_id(tmp_path, "2_timed_run")
+    deadline = time.monotonic() + 120
+    while jobs["requeue"].state(light=True).counts()[0] < 10:  # well into its first life
+        assert time.monotonic() < deadline, squeue(first_id)
+        time.sleep(0.5)
+    done = subprocess.run(["scontrol", "requeue", first_id], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+    counts = {name: watch_until_done(job, timeout_s=600) for name, job in jobs.items()}
+    for name, function, n_runs in (("limit", limited, 100), ("requeue", requeued, 60)):
+        job = jobs[name]
+        assert counts[name] == sorted(counts[name]), f"progress went back: {counts[name]}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", JobWarning)  # complete: no warning at all
+            result = job.result()
+        assert list(result.successful_run_ids) == list(range(n_runs)) and result.count == n_runs
+        clean = clean_statistics(n_runs)
+        np.testing.assert_allclose(result.data, clean.mean, rtol=1e-12)
+        np.testing.assert_allclose(result.estimated_variance, clean.variance, rtol=1e-12)
+        finished = [p.name.split("-")[0] for p in markers[name].iterdir()]
+        assert sorted(map(int, finished)) == list(range(n_runs)), f"{name}: a run was computed twice"
+        state = job.state()
+        assert state.status == "completed" and job.files.attempts() == [1]  # one launch, several lives
+        assert len(state.launches[0].history) >= 1, state.launches[0].history
+    assert "stopped before its time limit" in jobs["limit"].state().launches[0].history[0]
+    assert "requeued by SLURM" in jobs["requeue"].state().launches[0].history[0]
+    print(f"\ntime limit: {len(jobs['limit'].files.lives(1))} lives; scontrol requeue: "
+          f"{len(jobs['requeue'].files.lives(1))} lives; both complete, every run once")
