@@ -100,7 +100,7 @@ def dynamic_range(
             yield from _claim_loop(window, ids, n, size, chunk)
         finally:
             window.Unlock_all()
-            _context._set_run(_context._NO_RUN)
+            _context.leave_runs()
     finally:
         window.Free()
 
@@ -109,7 +109,7 @@ def _claim_loop(window: MPI.Win, ids: Sequence[Any], n: int, size: int, chunk: i
     increment = np.ones(1, dtype=np.int64)
     claimed = np.zeros(1, dtype=np.int64)
     fetch_and_op, flush, total = window.Fetch_and_op, window.Flush, MPI.SUM
-    set_run, clock = _context._set_run, time.perf_counter
+    set_run, clock = _context.enter_run, time.perf_counter
     adaptive = chunk is None
     k = 1 if chunk is None else chunk
     increment[0] = k
