@@ -31,6 +31,7 @@ spins on every rank, which cost 8 us per run and 20x on a small ``Allreduce`` he
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -228,6 +229,9 @@ class _ProgressThread:
         self._interval_s = interval_s
         self._thread = threading.Thread(target=self._run, name="parallelaverage-progress", daemon=True)
         self._thread.start()
+        # a counter never freed must not leave the thread probing while MPI finalizes at
+        # exit: atexit calls this before mpi4py's own hook, registered earlier
+        atexit.register(self.stop)
 
     def _run(self) -> None:
         iprobe, sleep, interval_s = self._comm.Iprobe, time.sleep, self._interval_s
@@ -236,6 +240,7 @@ class _ProgressThread:
             iprobe()
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         self._stopping = True
         self._thread.join()
 
