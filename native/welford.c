@@ -40,11 +40,18 @@
  * so one merge kernel serves both.  The pure-numpy twin of every kernel lives in
  * parallelaverage/_kernels.py and gives the same bits: no fused multiply-add
  * (-std=c11 turns contraction off), the same operations in the same order.
+ *
+ * The module also holds the few atomic operations of the run counter
+ * (parallelaverage/_runcounter.py) on int64 slots in memory shared between the
+ * processes of a node (an MPI shared-memory window): Python has no atomic
+ * read-modify-write on shared memory, and an MPI call would need the MPI
+ * library's progress.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -1042,17 +1049,210 @@ done:
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------- shared counters */
+
+/* C11 atomics on plain int64 slots of a buffer that other processes map too.
+ * Lock-free atomics are address-free (C11 7.17.5), so they work across processes
+ * on shared memory; the assertion makes sure no lock hides inside. */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && sizeof(long long) == 8,
+               "the run counter needs lock-free 64-bit atomics");
+typedef _Atomic long long atomic_slot;
+
+typedef struct {
+    Py_buffer view;
+    atomic_slot *slots;
+    Py_ssize_t n;
+} slots_view;
+
+/* Acquire `obj` as writable int64 slots, 8-byte aligned, with more than `index` of them. */
+static int
+get_slots(PyObject *obj, slots_view *s, Py_ssize_t index)
+{
+    if (PyObject_GetBuffer(obj, &s->view, PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    s->n = s->view.len / 8;
+    if ((uintptr_t)s->view.buf % 8 != 0 || index < 0 || index >= s->n) {
+        PyErr_Format(PyExc_ValueError, "slot %zd is outside the %zd aligned int64 slots of the buffer",
+                     index, s->n);
+        PyBuffer_Release(&s->view);
+        return -1;
+    }
+    s->slots = (atomic_slot *)s->view.buf;
+    return 0;
+}
+
+static int
+get_int64(PyObject *obj, long long *value)
+{
+    *value = PyLong_AsLongLong(obj);
+    return (*value == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+PyDoc_STRVAR(claim_block_doc,
+"claim_block(slots, k)\n--\n\n"
+"Claim up to k >= 1 positions from the block [slots[0], slots[1]) of int64\n"
+"slots shared between processes: returns (start, stop, end), the positions\n"
+"start..stop-1 now belong to the caller alone, end is the block's end; start ==\n"
+"stop when the block is exhausted.  Lock-free: a compare-and-swap moves\n"
+"slots[0] from start to stop.  Whoever installs a new block stores its start in\n"
+"slots[0] before its end in slots[1], and blocks only ever move forward, so a\n"
+"claim read against a newer end still lies inside the block it was made from.");
+
+static PyObject *
+native_claim_block(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    long long k;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "claim_block(slots, k) takes 2 arguments");
+        return NULL;
+    }
+    if (get_int64(args[1], &k) < 0) {
+        return NULL;
+    }
+    if (k < 1) {
+        PyErr_Format(PyExc_ValueError, "k=%lld: must be at least 1", k);
+        return NULL;
+    }
+    slots_view s;
+    if (get_slots(args[0], &s, 1) < 0) {
+        return NULL;
+    }
+    long long start = atomic_load(&s.slots[0]), end, stop;
+    for (;;) {
+        end = atomic_load(&s.slots[1]);
+        if (start >= end) {
+            stop = start;
+            break;
+        }
+        stop = end - start > k ? start + k : end;
+        /* on failure, start is reloaded with the current value of slots[0] */
+        if (atomic_compare_exchange_weak(&s.slots[0], &start, stop)) {
+            break;
+        }
+    }
+    PyBuffer_Release(&s.view);
+    return Py_BuildValue("(LLL)", start, stop, end);
+}
+
+PyDoc_STRVAR(atomic_load_doc,
+"atomic_load(slots, index)\n--\n\n"
+"The int64 slots[index] of a shared buffer, read atomically.");
+
+static PyObject *
+native_atomic_load(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "atomic_load(slots, index) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    slots_view s;
+    if (get_slots(args[0], &s, index) < 0) {
+        return NULL;
+    }
+    long long value = atomic_load(&s.slots[index]);
+    PyBuffer_Release(&s.view);
+    return PyLong_FromLongLong(value);
+}
+
+PyDoc_STRVAR(atomic_store_doc,
+"atomic_store(slots, index, value)\n--\n\n"
+"Set the int64 slots[index] of a shared buffer atomically (sequentially consistent).");
+
+static PyObject *
+native_atomic_store(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    long long value;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "atomic_store(slots, index, value) takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if ((index == -1 && PyErr_Occurred()) || get_int64(args[2], &value) < 0) {
+        return NULL;
+    }
+    slots_view s;
+    if (get_slots(args[0], &s, index) < 0) {
+        return NULL;
+    }
+    atomic_store(&s.slots[index], value);
+    PyBuffer_Release(&s.view);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(atomic_fetch_add_doc,
+"atomic_fetch_add(slots, index, increment)\n--\n\n"
+"Add increment to the int64 slots[index] of a shared buffer atomically; return\n"
+"the value before.");
+
+static PyObject *
+native_atomic_fetch_add(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    long long increment;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "atomic_fetch_add(slots, index, increment) takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if ((index == -1 && PyErr_Occurred()) || get_int64(args[2], &increment) < 0) {
+        return NULL;
+    }
+    slots_view s;
+    if (get_slots(args[0], &s, index) < 0) {
+        return NULL;
+    }
+    long long before = atomic_fetch_add(&s.slots[index], increment);
+    PyBuffer_Release(&s.view);
+    return PyLong_FromLongLong(before);
+}
+
+PyDoc_STRVAR(atomic_compare_exchange_doc,
+"atomic_compare_exchange(slots, index, expected, desired)\n--\n\n"
+"Set the int64 slots[index] of a shared buffer to desired if it holds expected,\n"
+"atomically; return whether it did.");
+
+static PyObject *
+native_atomic_compare_exchange(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    long long expected, desired;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "atomic_compare_exchange(slots, index, expected, desired) takes 4 arguments");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if ((index == -1 && PyErr_Occurred()) || get_int64(args[2], &expected) < 0 || get_int64(args[3], &desired) < 0) {
+        return NULL;
+    }
+    slots_view s;
+    if (get_slots(args[0], &s, index) < 0) {
+        return NULL;
+    }
+    int swapped = atomic_compare_exchange_strong(&s.slots[index], &expected, desired);
+    PyBuffer_Release(&s.view);
+    return PyBool_FromLong(swapped);
+}
+
 static PyMethodDef native_methods[] = {
     {"add", (PyCFunction)(void (*)(void))native_add, METH_FASTCALL, add_doc},
     {"merge", (PyCFunction)(void (*)(void))native_merge, METH_FASTCALL, merge_doc},
     {"merge_range", (PyCFunction)(void (*)(void))native_merge_range, METH_FASTCALL, merge_range_doc},
+    {"claim_block", (PyCFunction)(void (*)(void))native_claim_block, METH_FASTCALL, claim_block_doc},
+    {"atomic_load", (PyCFunction)(void (*)(void))native_atomic_load, METH_FASTCALL, atomic_load_doc},
+    {"atomic_store", (PyCFunction)(void (*)(void))native_atomic_store, METH_FASTCALL, atomic_store_doc},
+    {"atomic_fetch_add", (PyCFunction)(void (*)(void))native_atomic_fetch_add, METH_FASTCALL, atomic_fetch_add_doc},
+    {"atomic_compare_exchange", (PyCFunction)(void (*)(void))native_atomic_compare_exchange, METH_FASTCALL,
+     atomic_compare_exchange_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "parallelaverage._native",
-    .m_doc = "Fused one-pass Welford kernels on packed float64 states.",
+    .m_doc = "Fused one-pass Welford kernels on packed float64 states; atomics on shared int64 slots.",
     .m_size = 0,
     .m_methods = native_methods,
 };

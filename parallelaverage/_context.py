@@ -1,8 +1,9 @@
 """Identity and randomness of the run being executed: ``run_id()`` and ``rng()``.
 
-The MPI engine (``parallelaverage.mpi.dynamic_range``) records here which run a rank is
-working on, so that code inside a run can ask for its index and for a random generator
-of its own. The generator is seeded from ``(job seed, run index)`` through
+Whoever hands out runs (``parallelaverage.mpi.RunCounter`` and ``dynamic_range``, the
+worker's static split) records here, with :func:`enter_run` and :func:`leave_runs`,
+which run a rank is working on, so that code inside a run can ask for its index and
+for a random generator of its own. The generator is seeded from ``(job seed, run index)`` through
 ``numpy.random.SeedSequence``: each run has its own reproducible stream, whichever
 rank executes it and in whatever order.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_id", "rng", "set_job_seed", "job_seed", "set_stream_generation"]
+__all__ = ["run_id", "rng", "enter_run", "leave_runs", "set_job_seed", "job_seed", "set_stream_generation"]
 
 _NO_RUN = object()
 _current: Any = _NO_RUN
@@ -51,9 +52,17 @@ def job_seed() -> int:
     return _seed
 
 
-def _set_run(run: Any) -> None:
+def enter_run(run: Any) -> None:
+    """Record that this rank now executes ``run``: :func:`run_id` returns it and
+    :func:`rng` is its stream, until the next ``enter_run`` or :func:`leave_runs`."""
     global _current
     _current = run
+
+
+def leave_runs() -> None:
+    """Record that this rank executes no run any more: :func:`run_id` raises again."""
+    global _current
+    _current = _NO_RUN
 
 
 def run_id() -> Any:

@@ -3,16 +3,20 @@
 Usable inside any mpi4py program, with no job database::
 
     from mpi4py import MPI
-    from parallelaverage.stats import Welford, _promote_to_complex
+    from parallelaverage.stats import Welford
     from parallelaverage import mpi
 
     acc = Welford()
-    for i in mpi.dynamic_range(n_runs, comm=MPI.COMM_WORLD):  # each index handed out once
-        acc.add(simulate(i))
-    total = mpi.allreduce(acc, comm=MPI.COMM_WORLD)           # merged state on every rank
+    with mpi.RunCounter(n_runs, comm=MPI.COMM_WORLD) as counter:  # collective
+        for i in counter:                                          # each index handed out once
+            acc.add(simulate(i))
+    total = mpi.allreduce(acc, comm=MPI.COMM_WORLD)                # merged state on every rank
 
-``dynamic_range`` is a shared counter in MPI one-sided memory: fast ranks claim more
-runs. ``allreduce`` merges ``Welford`` states with the native Chan merge: small
+``RunCounter`` is a shared counter: fast ranks claim more runs, and no claim waits on
+another rank's compute (:mod:`parallelaverage._runcounter`). Like every collective
+resource it is released by a ``with`` block on every rank, never by the garbage
+collector. ``dynamic_range`` is the same as a generator, for loops that always run to
+their end. ``allreduce`` merges ``Welford`` states with the native Chan merge: small
 states in one ``MPI_Allreduce`` with a user-defined op, large ones slice by slice
 (reduce-scatter + allgather, :mod:`parallelaverage._allreduce`), which moves and
 merges as many bytes as a SUM ``Allreduce`` does.
@@ -21,32 +25,26 @@ merges as many bytes as a SUM ``Allreduce`` does.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from mpi4py import MPI
 
-from parallelaverage import _allreduce, _context, _kernels, _packed
+from parallelaverage import _allreduce, _kernels, _packed
+from parallelaverage._runcounter import (
+    CHUNK_TARGET_S,
+    PROGRESS_INTERVAL_S,
+    REFILL_TARGET_S,
+    RunCounter,
+    _validated_runs,
+    dynamic_range_stream,
+)
 from parallelaverage.stats import Welford, _promote_to_complex
 
-__all__ = ["dynamic_range", "allreduce", "CHUNK_TARGET_S", "SPLIT_MIN_BYTES_PER_RANK"]
-
-CHUNK_TARGET_S = 0.002
-"""A claimed chunk should take about this long, so counter traffic stays below ~0.1%."""
-
-_GUIDED_FACTOR = 2
-"""A chunk is at most remaining / (factor * ranks) runs: large early, 1 near the end."""
-
-
-def _claim_sizes(remaining: int, size: int, seconds_per_run: float | None) -> int:
-    """How many runs to claim next: bounded by time per chunk and by guided scheduling."""
-    guided = max(1, remaining // (_GUIDED_FACTOR * size))
-    if seconds_per_run is None:
-        return 1
-    if seconds_per_run <= 0.0:
-        return guided
-    return max(1, min(guided, int(CHUNK_TARGET_S / seconds_per_run)))
+__all__ = [
+    "RunCounter", "dynamic_range", "allreduce",
+    "CHUNK_TARGET_S", "REFILL_TARGET_S", "PROGRESS_INTERVAL_S", "SPLIT_MIN_BYTES_PER_RANK",
+]
 
 
 def dynamic_range(
@@ -58,79 +56,31 @@ def dynamic_range(
 ) -> Iterator[Any]:
     """Yield the runs this rank should execute; across ranks each is yielded exactly once.
 
-    Collective: every rank of ``comm`` must call it and iterate it to the end (the
-    counter's window is freed collectively when the iteration ends).
+    A generator over a :class:`RunCounter`, made at the first ``next`` and freed when
+    the iteration ends. Collective: every rank of ``comm`` must iterate it **to its
+    end**. A loop that may stop early (``break``, an exception) must use
+    ``with RunCounter(runs, comm) as counter: for run in counter: ...`` instead:
+    a generator left early frees its counter when it is closed or garbage-collected,
+    a collective call the other ranks may not make at the same point. Leaving it early
+    warns (``RuntimeWarning``) and says so.
 
     Args:
         runs: a number of runs ``n`` (yields indices ``0 .. n-1``) or an explicit sequence
             of run ids (yields its items, e.g. only the runs that failed before).
         comm: communicator, ``MPI.COMM_WORLD`` by default.
-        chunk: claim this many runs per counter access; ``None`` (default) adapts the
-            chunk to the measured run time: 1 for slow runs and near the end, up to
-            ``remaining / (2 * ranks)`` for runs shorter than ``CHUNK_TARGET_S``.
+        chunk: claim this many runs at a time; ``None`` (default) adapts the chunk to
+            the measured run time (see :class:`RunCounter`).
         seed: job seed for :func:`parallelaverage.rng` inside the runs (unchanged if None).
 
     Yields:
-        Run ids, in increasing counter order. While a run is being executed,
-        :func:`parallelaverage.run_id` returns it.
+        Run ids; each rank sees its runs in increasing order. While a run is being
+        executed, :func:`parallelaverage.run_id` returns it.
 
-    Notes:
-        Uses ``MPI_Win_allocate`` on rank 0, ``Lock_all`` once, then ``Fetch_and_op`` +
-        ``Flush`` per claim, which progresses without rank 0's attention.
+    Raises:
+        ValueError, TypeError: ``runs`` or ``chunk`` is not valid (at the call).
     """
-    comm = MPI.COMM_WORLD if comm is None else comm
-    ids: Sequence[Any] = range(runs) if isinstance(runs, (int, np.integer)) else runs
-    if isinstance(runs, (int, np.integer)) and runs < 0:
-        raise ValueError(f"runs={runs}: must be >= 0")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk={chunk!r}: must be a positive integer or None")
-    if seed is not None:
-        _context.set_job_seed(seed)
-    n = len(ids)
-    size = comm.Get_size()
-    itemsize = MPI.INT64_T.Get_size()
-    window = MPI.Win.Allocate(itemsize if comm.Get_rank() == 0 else 0, itemsize, comm=comm)
-    try:
-        if comm.Get_rank() == 0:
-            memory = window.tomemory()  # an mpi4py buffer: its stub does not declare the buffer protocol
-            np.frombuffer(memory, dtype=np.int64)[0] = 0  # type: ignore[call-overload]
-        comm.Barrier()
-        window.Lock_all()
-        try:
-            yield from _claim_loop(window, ids, n, size, chunk)
-        finally:
-            window.Unlock_all()
-            _context._set_run(_context._NO_RUN)
-    finally:
-        window.Free()
-
-
-def _claim_loop(window: MPI.Win, ids: Sequence[Any], n: int, size: int, chunk: int | None) -> Iterator[Any]:
-    increment = np.ones(1, dtype=np.int64)
-    claimed = np.zeros(1, dtype=np.int64)
-    fetch_and_op, flush, total = window.Fetch_and_op, window.Flush, MPI.SUM
-    set_run, clock = _context._set_run, time.perf_counter
-    adaptive = chunk is None
-    k = 1 if chunk is None else chunk
-    increment[0] = k
-    seconds_per_run: float | None = None
-    while True:
-        fetch_and_op(increment, claimed, 0, 0, total)
-        flush(0)
-        start = int(claimed[0])
-        if start >= n:
-            return
-        stop = min(start + k, n)
-        began = clock()
-        for position in range(start, stop):
-            run = ids[position]
-            set_run(run)
-            yield run
-        if adaptive:
-            seconds_per_run = (clock() - began) / (stop - start)
-            new_k = _claim_sizes(n - stop, size, seconds_per_run)
-            if new_k != k:
-                k = increment[0] = new_k
+    ids = _validated_runs(runs, chunk)
+    return dynamic_range_stream(ids, MPI.COMM_WORLD if comm is None else comm, chunk, seed)
 
 
 # ------------------------------------------------------------------- allreduce

@@ -268,9 +268,9 @@ def _runs_for_rank(plan: _Plan, payload: Payload, comm: Any) -> Iterator[tuple[i
     rank, size = comm.Get_rank(), comm.Get_size()
     for index in range(plan.total * rank // size, plan.total * (rank + 1) // size):  # one block per rank
         run = plan[index]
-        _context._set_run(run)
+        _context.enter_run(run)
         yield plan.position(index), run
-    _context._set_run(_context._NO_RUN)
+    _context.leave_runs()
 
 
 def _failure_text(error: BaseException) -> str:

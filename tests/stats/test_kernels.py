@@ -4,6 +4,9 @@ NaN payloads aside (IEEE leaves the sign of a NaN made by inf - inf unspecified)
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -203,7 +206,59 @@ def test_merge_range_rejects_bad_ranges_headers_and_overlap():
             kernel(shared[1 : 1 + b.size], a, shared[: b.size], 0, 5, ha, hb)  # out half over b
 
 
-def test_large_samples_release_the_gil_and_stay_equal():
+def _other_thread_progress_during_add(size: int) -> int:
+    """How far another thread counts (of 10,000) while the main thread is in one
+    ``Welford.add`` of a float64 sample of ``size`` elements.
+
+    The switch interval is raised to a minute, so the interpreter never takes the GIL
+    from the main thread by force. The other thread waits at a gate (a lock, waited on
+    without the GIL) that the main thread opens just before the add: it can then only
+    run Python code if the add itself gives the GIL up, and once it has the GIL it
+    keeps it until it has counted to the end.
+    """
+    from parallelaverage.stats import Welford
+
+    x = np.random.default_rng(0).standard_normal(size)
+    y = x + 1.0  # before the gate opens: numpy gives the GIL up in loops over 500 elements
+    acc = Welford()
+    acc.add(x)  # the next add takes the fast path: straight into the kernel
+    gate, progress = threading.Lock(), [0]
+    gate.acquire()
+
+    def count() -> None:
+        with gate:
+            pass
+        for _ in range(10_000):
+            progress[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    thread = threading.Thread(target=count)
+    try:
+        thread.start()  # returns once the thread waits at the gate, having given the GIL up
+        gate.release()  # the thread wants the GIL now; nothing but the add can hand it over
+        acc.add(y)
+        during = progress[0]
+    finally:
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert acc.count == 2 and progress[0] == 10_000
+    return during
+
+
+def test_large_samples_release_the_gil_and_stay_exact():
+    # Held, the GIL lets the other thread count nothing at all during the add: small
+    # samples keep it (releasing costs 0.1 us). Released, the other thread runs if the
+    # OS schedules it within the add's few milliseconds, which a loaded machine may
+    # not do every time: one of a few adds must see it count to its end.
+    assert [_other_thread_progress_during_add(1_000) for _ in range(3)] == [0, 0, 0]
+    progress = []
+    while len(progress) < 10 and 10_000 not in progress:
+        progress.append(_other_thread_progress_during_add(4_000_000))  # an add of about 10 ms
+    assert 10_000 in progress, f"another thread counted {progress} of 10,000 during large adds"
+
+
+def test_large_samples_stay_equal_to_the_twin():
     x = np.random.default_rng(0).standard_normal(100_000)
     state, reference = _packed.empty_state(x.size), _packed.empty_state(x.size)
     for shift in range(3):
