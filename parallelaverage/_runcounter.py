@@ -339,6 +339,7 @@ class RunCounter:
                 self._probed = comm.Dup()
                 if comm.Get_rank() == 0 and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
                     self._progress = _ProgressThread(self._probed, PROGRESS_INTERVAL_S)
+        self._chunk_stream: Generator[tuple[int, int], None, None] | None = None
         self._runs = self._stream()
 
     # ------------------------------------------------------------- claiming
@@ -362,29 +363,45 @@ class RunCounter:
         """How many times this rank accessed the global counter (0 on a single node)."""
         return self._global.accesses if self._global is not None else 0
 
-    def _stream(self) -> Generator[Any, None, None]:
-        ids, enter_run, claim = self._ids, _context.enter_run, self._block.claim
-        clock, ranks = time.perf_counter, self._group_size
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """Claim runs a chunk at a time: ``(start, stop)`` indices into the runs, until every
+        run has been claimed. For loops that want no work per run from the counter (the
+        job worker); the chunk size adapts to the time between two claims, as with
+        iteration. ``run_id()`` is the caller's to set (:func:`parallelaverage._context.enter_run`).
+        """
+        if self._freed:
+            raise RuntimeError("this RunCounter was freed: claim runs inside its with block")
+        if self._chunk_stream is None:
+            self._chunk_stream = self._chunks()
+        return self._chunk_stream
+
+    def _chunks(self) -> Generator[tuple[int, int], None, None]:
+        claim, clock, ranks = self._block.claim, time.perf_counter, self._group_size
         adaptive = self._chunk is None
         k = 1 if self._chunk is None else self._chunk
         seconds_per_run: float | None = None
+        while True:
+            start, stop, end = claim(k)
+            if start >= stop:
+                if self._refill(k, seconds_per_run):
+                    continue
+                self.finished = True
+                return
+            self.claimed += stop - start
+            began = clock()
+            yield start, stop
+            seconds_per_run = (clock() - began) / (stop - start)
+            if adaptive:
+                k = _chunk_size(end - stop, ranks, seconds_per_run)
+
+    def _stream(self) -> Generator[Any, None, None]:
+        ids, enter_run = self._ids, _context.enter_run
         try:
-            while True:
-                start, stop, end = claim(k)
-                if start >= stop:
-                    if self._refill(k, seconds_per_run):
-                        continue
-                    self.finished = True
-                    return
-                self.claimed += stop - start
-                began = clock()
+            for start, stop in self.chunks():
                 for position in range(start, stop):
                     run = ids[position]
                     enter_run(run)
                     yield run
-                seconds_per_run = (clock() - began) / (stop - start)
-                if adaptive:
-                    k = _chunk_size(end - stop, ranks, seconds_per_run)
         finally:
             _context.leave_runs()
 

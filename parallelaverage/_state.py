@@ -372,6 +372,13 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             tally = Tally(tally.done, tally.failed, tally.errors, {**tally.crashed, **crashed}, tally.groups)
         if not tally.done and not tally.failed and not crashed:
             message = _start_failure(files, attempt, ranks, exit_code)
+        elif exit_code == 76:
+            message = (f"launch {attempt} was requeued more often than its max_relaunches allows and "
+                       "stopped: re_submit runs what is left")
+        elif exit_code == 75 and files.life_end(attempt, lives[-1]).exists():  # stopped before its time limit
+            end = files.read_json(files.life_end(attempt, lives[-1])) or {}
+            message = (f"launch {attempt} stopped before its time limit with {end.get('left', 'some')} runs left "
+                       f"and was not requeued (max_relaunches reached, or 0): re_submit runs them")
         elif not final and exit_code not in (None, 0) and not crashed:
             problems.append(
                 f"launch {attempt} {_exited(exit_code)} without writing its result{_stopped_ranks(ranks)} "

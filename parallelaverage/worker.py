@@ -27,6 +27,7 @@ Knows nothing of decorators or the job database.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -109,8 +110,17 @@ class RunRecorder:
         self._fast_shape: Any = None
         self._fast_dtype: Any = None
         self._fast_add: Any = None
+        # the runs done on the fast path since the last flush: positions streak_start .. streak_end-1
+        self.streak_start = self.streak_end = -1
+
+    def flush(self) -> None:
+        """Put the streak of fast-path runs into the tally's done runs (before a snapshot)."""
+        if self.streak_end > self.streak_start:
+            self.tally.done.add_range(self.streak_start, self.streak_end)
+        self.streak_start = self.streak_end = -1
 
     def failed(self, position: int, message: str) -> None:
+        self.flush()
         self.tally.fail(position, message)
         self.n_failed += 1
 
@@ -119,9 +129,14 @@ class RunRecorder:
         if kind is self._fast_type and (kind is not np.ndarray or (
                 output.shape == self._fast_shape and output.dtype == self._fast_dtype)):
             self._fast_add(output)
-            self.tally.done.add(position)
+            if position == self.streak_end:  # consecutive runs: one range update per streak
+                self.streak_end = position + 1
+            else:
+                self.flush()
+                self.streak_start, self.streak_end = position, position + 1
             self.n_done += 1
             return
+        self.flush()
         self._record(position, run, output)
 
     def _record(self, position: int, run: Any, output: Any) -> None:
@@ -239,6 +254,19 @@ class _Plan(Sequence[Any]):
     def __len__(self) -> int:
         return self.total
 
+    def base_of(self, start: int, stop: int) -> int | None:
+        """``b`` such that the positions of indices ``start .. stop-1`` are ``b + index``, when
+        they lie in one range of the plan (always, for a plain ``N_runs``); else None."""
+        if len(self.ranges) == 1:
+            return self.ranges[0][0]
+        import bisect
+
+        k = bisect.bisect_right(self.offsets, start) - 1
+        first, last = self.ranges[k]
+        if stop - self.offsets[k] <= last - first:
+            return first - self.offsets[k]
+        return None
+
     def position(self, index: int) -> int:
         if len(self.ranges) == 1:
             return self.ranges[0][0] + index
@@ -252,25 +280,17 @@ class _Plan(Sequence[Any]):
         return position if self.flat else self.space.id_at(position)
 
 
-def _runs_for_rank(plan: _Plan, payload: Payload, comm: Any) -> Iterator[tuple[int, Any]]:
-    """``(position, run id)`` of the runs this rank executes."""
+def _chunks_for_rank(plan: _Plan, payload: Payload, comm: Any, stack: contextlib.ExitStack) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` indices into the plan that this rank executes: claimed chunk by chunk
+    from the shared counter (freed when ``stack`` closes, on every rank, also when this
+    rank stops early), or one static block per rank."""
     if payload.dynamic_load_balancing:
-        from parallelaverage import mpi
+        from parallelaverage.mpi import RunCounter
 
-        if plan.flat:
-            for run in mpi.dynamic_range(plan, comm):
-                yield run, run
-        else:
-            position_of = plan.space.position_of
-            for run in mpi.dynamic_range(plan, comm):
-                yield position_of(run), run
-        return
+        counter = stack.enter_context(RunCounter(len(plan), comm))
+        return counter.chunks()
     rank, size = comm.Get_rank(), comm.Get_size()
-    for index in range(plan.total * rank // size, plan.total * (rank + 1) // size):  # one block per rank
-        run = plan[index]
-        _context.enter_run(run)
-        yield plan.position(index), run
-    _context.leave_runs()
+    return iter([(plan.total * rank // size, plan.total * (rank + 1) // size)])
 
 
 def _failure_text(error: BaseException) -> str:
@@ -346,6 +366,7 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
         in its status and goes on, trying again at the next interval."""
         checkpoints.busy = True
         started = now()
+        recorder.flush()
         tally = recorder.tally
         try:
             if writer is not None:
@@ -383,42 +404,55 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
     stop_at = float("inf") if end is None else end - DEADLINE_MARGIN_S
     longest = 0.0
     stopped_early = False
-    for position, run in _runs_for_rank(_Plan(plan.positions, space), payload, comm):
-        slots[in_flight] = position
-        if slow:  # runs of a millisecond or more: child processes see the run id too
-            putenv("RUN_ID", str(run))
-        try:
-            output = function(*args, **kwargs)
-        except BaseException as error:  # sys.exit, KeyboardInterrupt...: this run failed, not the rank
-            checkpoints.busy = True
-            failed(position, _failure_text(error))
-        else:
-            checkpoints.busy = True
-            succeeded(position, run, output)
-        slots[in_flight] = -1
-        checkpoints.busy = False
-        if checkpoints.terminating:
-            checkpoints.exit_now()
-        moment = now()
-        took = moment - previous
-        slow = took >= 1e-3
-        previous = moment
-        if took > longest:
-            longest = took
-            if end is not None:
-                stop_at = end - max(DEADLINE_MARGIN_S, 3 * longest)
-        if moment >= stop_at:  # too little time for another run: leave the rest to the next life
-            stopped_early = True
-            break
-        if moment >= next_status:  # at most every 0.25 s, whatever the runs cost
-            if checkpoints.requested or clock.due(moment):
-                snapshot()
-                checkpoints.requested = False
-            else:
-                publish_counts()
-            next_status = moment + every_s
-        elif clock.next_at == 0.0:  # the first snapshot, after the first run
-            snapshot()
+    runs = _Plan(plan.positions, space)
+    flat = space.flat
+    id_at = space.id_at
+    enter_run = _context.enter_run
+    with contextlib.ExitStack() as stack:  # leaving it frees the run counter, on every rank
+        for start, stop in _chunks_for_rank(runs, payload, comm, stack):
+            base = runs.base_of(start, stop)  # a chunk within one range of the plan: positions base + index
+            for index in range(start, stop):
+                position = base + index if base is not None else runs.position(index)
+                run = position if flat else id_at(position)
+                enter_run(run)
+                slots[in_flight] = position
+                if slow:  # runs of a millisecond or more: child processes see the run id too
+                    putenv("RUN_ID", str(run))
+                try:
+                    output = function(*args, **kwargs)
+                except BaseException as error:  # sys.exit, KeyboardInterrupt...: this run failed, not the rank
+                    checkpoints.busy = True
+                    failed(position, _failure_text(error))
+                else:
+                    checkpoints.busy = True
+                    succeeded(position, run, output)
+                slots[in_flight] = -1
+                checkpoints.busy = False
+                if checkpoints.terminating:
+                    checkpoints.exit_now()
+                moment = now()
+                took = moment - previous
+                slow = took >= 1e-3
+                previous = moment
+                if took > longest:
+                    longest = took
+                    if end is not None:
+                        stop_at = end - max(DEADLINE_MARGIN_S, 3 * longest)
+                if moment >= stop_at:  # too little time for another run: leave the rest to the next life
+                    stopped_early = True
+                    break
+                if moment >= next_status:  # at most every 0.25 s, whatever the runs cost
+                    if checkpoints.requested or clock.due(moment):
+                        snapshot()
+                        checkpoints.requested = False
+                    else:
+                        publish_counts()
+                    next_status = moment + every_s
+                elif clock.next_at == 0.0:  # the first snapshot, after the first run
+                    snapshot()
+            if stopped_early:
+                break
+    _context.leave_runs()
     patiently(snapshot)
     if writer is not None:
         writer.close()

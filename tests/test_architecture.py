@@ -64,7 +64,7 @@ GRAPH = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
 RANK_SIDE = {"parallelaverage.worker", "parallelaverage.mpi", "parallelaverage._allreduce",
              "parallelaverage._context", "parallelaverage.stats", "parallelaverage._kernels",
              "parallelaverage._launch_check", "parallelaverage.runspace", "parallelaverage.errors",
-             "parallelaverage._atomic", "parallelaverage._packed"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
+             "parallelaverage._atomic", "parallelaverage._packed", "parallelaverage._runcounter"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
 
 
 def in_group(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -188,6 +188,9 @@ def documented_in_source(module: object, name: str) -> bool:
                 if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
                     return True
                 return lines[node.lineno - 2].lstrip().startswith("#:")
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("parallelaverage") \
+                    and any(alias.name == name and alias.asname is None for alias in node.names):
+                return documented_in_source(importlib.import_module(node.module), name)  # re-exported
     return False
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from parallelaverage.errors import PREFIX
 from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.backends.base import worker_argv, worker_environment
 from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_command
@@ -199,7 +200,7 @@ class ScriptInputs:
         return [
             'export PARALLELAVERAGE_LIFE="${SLURM_RESTART_COUNT:-0}"',
             f'if [ "$PARALLELAVERAGE_LIFE" -gt {limit} ]; then',
-            f'  echo "[parallelaverage] launch {self.attempt} was requeued $PARALLELAVERAGE_LIFE times, more than '
+            f'  echo "{PREFIX} launch {self.attempt} was requeued $PARALLELAVERAGE_LIFE times, more than '
             f'max_relaunches={limit}: not running it again" >&2',
             f'  echo {LIMIT_REACHED} > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"; exit {LIMIT_REACHED}',
             "fi",
@@ -212,7 +213,7 @@ class ScriptInputs:
         limit = self.max_relaunches
         return [
             f'if [ "$code" = {REQUEUE_ME} ] && [ "$PARALLELAVERAGE_LIFE" -lt {limit} ]; then',
-            '  echo "[parallelaverage] the time limit is near and runs are left: requeueing launch '
+            f'  echo "{PREFIX} the time limit is near and runs are left: requeueing launch '
             f'{self.attempt} (life $((PARALLELAVERAGE_LIFE + 1)) runs them)" >&2',
             '  scontrol requeue "$SLURM_JOB_ID" && sleep 600  # SLURM ends this life now',
             "fi",

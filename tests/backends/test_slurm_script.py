@@ -313,11 +313,14 @@ def test_submit_uses_the_user_template(tmp_path, monkeypatch):
 
 
 def test_ended_launches_need_no_query(tmp_path, monkeypatch):
-    """An exit_code file or a cached terminal state answers without squeue (which is not even on PATH)."""
+    """A launch whose script wrote exit status 0 after its result, or a cached terminal state,
+    answers without squeue (which is not even on PATH). Any other exit status is only a hint:
+    SLURM may be requeueing the job, so squeue is asked."""
     files = JobFiles(tmp_path / "1_f")
-    for attempt in (1, 2, 3):
+    for attempt in (1, 2, 3, 4):
         files.attempt_dir(attempt).mkdir(parents=True)
     files.exit_code(1).write_text("0\n")
+    files.result(1).write_bytes(b"")
     (files.attempt_dir(2) / "slurm_state").write_text(json.dumps({"job_id": "22", "state": "TIMEOUT"}))
     no_slurm_on_path(tmp_path, monkeypatch)
     backend = SlurmBackend()
@@ -328,6 +331,9 @@ def test_ended_launches_need_no_query(tmp_path, monkeypatch):
     (files.attempt_dir(3) / "slurm_state").write_text(json.dumps({"job_id": "22", "state": "TIMEOUT"}))
     with pytest.raises(RuntimeError, match="squeue not found on PATH"):
         backend.state(files, 3, {"job_id": "33"})
+    files.exit_code(4).write_text("137\n")  # a node failure: SLURM may run the next life
+    with pytest.raises(RuntimeError, match="squeue not found on PATH"):
+        backend.state(files, 4, {"job_id": "44"})
     assert backend.describe({"backend": "slurm", "job_id": "33"}) == "SLURM job 33"
 
 

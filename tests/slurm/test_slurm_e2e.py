@@ -217,12 +217,21 @@ def test_cancel_a_running_slurm_job(tmp_path):
 def test_a_job_that_hits_its_time_limit_is_completed_by_re_submit(tmp_path, monkeypatch, capsys):
     """160 runs of 1.5 s on 2 ranks need 120 s; SLURM ends the job 60-90 s after it starts.
 
+    A user's job script template without the ``{{lives}}`` and ``{{relaunch}}`` lines: the
+    ranks do not know the allocation's end, so they run into the time limit (the built-in
+    template stops them before it and requeues the launch: tests/slurm/test_slurm_lives.py).
     Periodic snapshots are switched off, so every run the first launch keeps was saved by
     the checkpoint the worker writes on SIGUSR1. ``signal="USR1@30"`` (instead of the
     default 60 s warning, which with a 1-minute limit could arrive while the ranks start
     up) lands one controller check (~30 s) before the kill.
     """
     monkeypatch.setenv("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "1000")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "slurm.sbatch").write_text(
+        "#!/bin/bash\n{{sbatch_options}}\n{{environment}}\nexit_file={{exit_code_file}}\n{{launch}}\n"
+        'code=$?\necho "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"\nexit "$code"\n')
+    monkeypatch.setenv("PARALLELAVERAGE_CONFIG_DIR", str(config))
     marker = tmp_path / "slow-runs"
     marker.write_text("")
 

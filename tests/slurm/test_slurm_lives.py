@@ -67,15 +67,18 @@ def test_launches_stopped_by_their_time_limit_or_by_a_requeue_complete_by_themse
     * **scontrol requeue** (an administrator, preemption): SLURM stops the ranks (SIGTERM:
       they checkpoint) and runs the script again; the next life resumes.
     """
-    markers = {name: tmp_path / f"markers-{name}" for name in ("limit", "requeue")}
+    markers = {name: tmp_path / f"markers-{name}" for name in ("limit", "requeue", "never")}
     for folder in markers.values():
         folder.mkdir()
     limited = parallel_average(N_runs=100, N_tasks=2, seed=SEED, time="00:01:00", queuing_system="slurm",
                                path=tmp_path, pickle_by_value=[THIS])(timed_run)
     requeued = parallel_average(N_runs=60, N_tasks=2, seed=SEED, time="00:05:00", queuing_system="slurm",
                                 path=tmp_path, pickle_by_value=[THIS])(timed_run)
+    never = parallel_average(N_runs=100, N_tasks=2, seed=SEED, time="00:01:00", max_relaunches=0,
+                             queuing_system="slurm", path=tmp_path, pickle_by_value=[THIS])(timed_run)
     limited(str(markers["limit"]), 1.5)
     requeued(str(markers["requeue"]), 0.5)
+    never(str(markers["never"]), 1.5)  # max_relaunches=0: stops before its limit, and stays stopped
     jobs = {"limit": Job.load(1, tmp_path), "requeue": Job.load(2, tmp_path)}
     first_id = job_id(tmp_path, "2_timed_run")
     deadline = time.monotonic() + 120
@@ -101,6 +104,15 @@ def test_launches_stopped_by_their_time_limit_or_by_a_requeue_complete_by_themse
         state = job.state()
         assert state.status == "completed" and job.files.attempts() == [1]  # one launch, several lives
         assert len(state.launches[0].history) >= 1, state.launches[0].history
+    # max_relaunches=0: the launch stopped before its time limit, with runs left, and says so
+    stopped = Job.load(3, tmp_path)
+    watch_until_done(stopped, timeout_s=120)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        partial = stopped.result()
+    said = " ".join(str(w.message) for w in caught)
+    assert 0 < partial.count < 100 and "stopped before its time limit with" in said and "re_submit" in said, said
+    assert stopped.files.lives(1) == [0]
     assert "stopped before its time limit" in jobs["limit"].state().launches[0].history[0]
     assert "requeued by SLURM" in jobs["requeue"].state().launches[0].history[0]
     print(f"\ntime limit: {len(jobs['limit'].files.lives(1))} lives; scontrol requeue: "
