@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parallelaverage import _context
+from parallelaverage import _context, _kernels
 from parallelaverage.jobfiles.layout import JobFiles, LaunchPlan
 from parallelaverage.jobfiles.outputs import OutputWriter, encode_output
 from parallelaverage.jobfiles.payload import Payload
@@ -110,6 +110,7 @@ class RunRecorder:
         self._fast_shape: Any = None
         self._fast_dtype: Any = None
         self._fast_add: Any = None
+        self._fast_state: Any = None
         # the runs done on the fast path since the last flush: positions streak_start .. streak_end-1
         self.streak_start = self.streak_end = -1
 
@@ -128,7 +129,12 @@ class RunRecorder:
         kind = type(output)
         if kind is self._fast_type and (kind is not np.ndarray or (
                 output.shape == self._fast_shape and output.dtype == self._fast_dtype)):
-            self._fast_add(output)
+            try:
+                self._fast_add(self._fast_state, output, 1.0)  # the kernel Welford.add calls for this kind
+            except (TypeError, ValueError, OverflowError, BufferError):  # e.g. a non-contiguous view
+                self.flush()
+                self._fast_type = None
+                return self._record(position, run, output)
             if position == self.streak_end:  # consecutive runs: one range update per streak
                 self.streak_end = position + 1
             else:
@@ -137,6 +143,7 @@ class RunRecorder:
             self.n_done += 1
             return
         self.flush()
+        self._fast_type = None  # the general path may replace the accumulator's state
         self._record(position, run, output)
 
     def _record(self, position: int, run: Any, output: Any) -> None:
@@ -183,8 +190,10 @@ class RunRecorder:
     def _fast_path_for(self, output: Any, accumulator: Welford) -> None:
         """Later outputs of this kind (of the rank's first layout) skip the general path."""
         kind = type(output)
-        if kind is float or (kind is np.ndarray and output.dtype.kind in "fc" and output.flags.c_contiguous):
-            self._fast_type, self._fast_add = kind, accumulator.add
+        if accumulator._state is None or accumulator._complex:
+            return
+        if kind is float or (kind is np.ndarray and output.dtype == np.float64 and output.flags.c_contiguous):
+            self._fast_type, self._fast_add, self._fast_state = kind, _kernels.add, accumulator._state
             self._fast_shape = output.shape if kind is np.ndarray else None
             self._fast_dtype = output.dtype if kind is np.ndarray else None
 
