@@ -27,6 +27,7 @@ Knows nothing of decorators or the job database.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
@@ -289,17 +290,17 @@ class _Plan(Sequence[Any]):
         return position if self.flat else self.space.id_at(position)
 
 
-def _chunks_for_rank(plan: _Plan, payload: Payload, comm: Any, stack: contextlib.ExitStack) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` indices into the plan that this rank executes: claimed chunk by chunk
-    from the shared counter (freed when ``stack`` closes, on every rank, also when this
-    rank stops early), or one static block per rank."""
-    if payload.dynamic_load_balancing:
+def _chunks_for_rank(total: int, dynamic: bool, comm: Any, stack: contextlib.ExitStack) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` indices into the launch's runs that this rank executes: claimed chunk
+    by chunk from the shared counter (freed when ``stack`` closes, on every rank, also when
+    this rank stops early), or one static block per rank."""
+    if dynamic:
         from parallelaverage.mpi import RunCounter
 
-        counter = stack.enter_context(RunCounter(len(plan), comm))
+        counter = stack.enter_context(RunCounter(total, comm))
         return counter.chunks()
     rank, size = comm.Get_rank(), comm.Get_size()
-    return iter([(plan.total * rank // size, plan.total * (rank + 1) // size)])
+    return iter([(total * rank // size, total * (rank + 1) // size)])
 
 
 def _failure_text(error: BaseException) -> str:
@@ -332,7 +333,6 @@ def _lazy_run_id_environ() -> None:
 STATUS_EVERY_S = 0.25
 """How often a rank copies its counts into its status record (for the caller's progress)."""
 
-
 DEADLINE_MARGIN_S = 15.0
 """A rank stops claiming runs when its allocation has less than ``max(15 s, 3 × its longest
 run)`` left: what is left then is a margin for the last run, the snapshot and the merge."""
@@ -347,52 +347,89 @@ def _deadline() -> float | None:
     return time.monotonic() + (int(value) - time.time())
 
 
-def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payload: Payload,
-            plan: LaunchPlan, space: RunSpace, life: int = 0) -> tuple[Tally, bool]:
-    """Run this rank's share of the launch; return its tally (also on disk) and whether it
-    stopped claiming runs because its allocation was about to end."""
+class Member:
+    """One job's share of a launch on this rank: its function, its runs, what it recorded.
+
+    A launch runs one job, or, for ``f.map``, the calls of many jobs under one shared
+    counter: the launch's runs are the members' plans one after the other, member ``m``
+    holding the indices ``offset .. offset + len(plan) - 1``.
+    """
+
+    def __init__(self, files: JobFiles, attempt: int, life: int, rank: int, payload: Payload,
+                 plan: LaunchPlan, space: RunSpace, offset: int) -> None:
+        self.files, self.attempt, self.life, self.rank = files, attempt, life, rank
+        self.payload, self.space, self.offset = payload, space, offset
+        self.plan = plan
+        self.runs = _Plan(plan.positions, space)
+        self.writer = OutputWriter(files.outputs(attempt, rank, payload.encoding, life), payload.encoding) \
+            if payload.keep_runs else None
+        self.recorder = RunRecorder(payload, self.writer)
+        self.snapshot_path = files.snapshot(attempt, rank, life)
+        self.log_path = files.done_log(attempt, rank, life)
+        self.logged_pairs = self.logged_index = 0
+        self.snapshotted = -1  # runs recorded at the last snapshot
+
+    @property
+    def recorded(self) -> int:
+        return self.recorder.n_done + self.recorder.n_failed
+
+    def snapshot(self) -> None:
+        """Write the tally: the done runs new since the last snapshot go to the rank's done
+        log, the rest (statistics, failures) to the snapshot, so that a snapshot's size does
+        not grow with the runs done.
+
+        Raises:
+            OSError: the file system refused (the caller says why and tries again later).
+        """
+        recorder = self.recorder
+        recorder.flush()
+        if self.recorded == self.snapshotted and self.snapshot_path.exists():
+            return  # nothing new since the last one
+        tally = recorder.tally
+        if self.writer is not None:
+            self.writer.flush()  # outputs are durable before a snapshot names their runs
+        new = tally.done.ranges_from(max(0, self.logged_index - 1))  # the last range may have grown
+        append_ranges(self.log_path, new)
+        self.logged_pairs += len(new)
+        self.logged_index = tally.done.n_ranges
+        write_pickle(self.snapshot_path, Tally(Positions(), tally.failed, tally.errors, {}, tally.groups,
+                                               done_log=(self.log_path.name, self.logged_pairs)))
+        self.snapshotted = self.recorded
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def execute(members: list[Member], comm: Any, status: RankStatus) -> bool:
+    """Run this rank's share of the launch (every member's runs under one counter); return
+    whether it stopped claiming runs because its allocation was about to end. Each
+    member's tally is in ``member.recorder.tally`` (and on disk)."""
     rank = comm.Get_rank()
-    writer = OutputWriter(files.outputs(attempt, rank, payload.encoding, life), payload.encoding) \
-        if payload.keep_runs else None
-    recorder = RunRecorder(payload, writer)
-    snapshot_path = files.snapshot(attempt, rank, life)
-    log_path = files.done_log(attempt, rank, life)
-    log_name = log_path.name
-    logged = {"pairs": 0, "index": 0}
     checkpoints = CHECKPOINTS
     clock = SnapshotClock()
     now = time.monotonic
     slots = status.slots
 
     def publish_counts() -> None:
-        slots[RankStatus.DONE] = recorder.n_done
-        slots[RankStatus.FAILED] = recorder.n_failed
+        slots[RankStatus.DONE] = sum(m.recorder.n_done for m in members)
+        slots[RankStatus.FAILED] = sum(m.recorder.n_failed for m in members)
 
     def snapshot() -> bool:
-        """Write the tally: the done runs new since the last snapshot go to the rank's done
-        log, the rest (statistics, failures) to the snapshot, so that a snapshot's size
-        does not grow with the runs done. A rank that cannot write (disk full) says why
-        in its status and goes on, trying again at the next interval."""
+        """Snapshot every member; a rank that cannot write (disk full) says why in its status
+        and goes on, trying again at the next interval. Returns whether all were written."""
         checkpoints.busy = True
         started = now()
-        recorder.flush()
-        tally = recorder.tally
-        try:
-            if writer is not None:
-                writer.flush()  # outputs are durable before a snapshot names their runs
-            new = tally.done.ranges_from(max(0, logged["index"] - 1))  # the last range may have grown
-            append_ranges(log_path, new)
-            logged["pairs"] += len(new)
-            logged["index"] = tally.done.n_ranges
-            write_pickle(snapshot_path, Tally(Positions(), tally.failed, tally.errors, {}, tally.groups,
-                                              done_log=(log_name, logged["pairs"])))
-        except OSError as error:
-            report_write_error(status, rank, f"cannot write its snapshot {snapshot_path}", error)
-            written = False
-        else:
+        written = True
+        for member in members:
+            try:
+                member.snapshot()
+            except OSError as error:
+                report_write_error(status, rank, f"cannot write its snapshot {member.snapshot_path}", error)
+                written = False
+        if written:
             status.clear_error()
             status.snapshot_written()
-            written = True
         publish_counts()
         clock.written(started, now())
         checkpoints.busy = False
@@ -400,8 +437,6 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
 
     checkpoints.snapshot = snapshot
     in_flight = RankStatus.IN_FLIGHT
-    function, args, kwargs = payload.function, payload.args, payload.kwargs
-    succeeded, failed = recorder.succeeded, recorder.failed
     _lazy_run_id_environ()
     putenv = os.putenv
     status.set_stage("running")
@@ -413,59 +448,76 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
     stop_at = float("inf") if end is None else end - DEADLINE_MARGIN_S
     longest = 0.0
     stopped_early = False
-    runs = _Plan(plan.positions, space)
-    flat = space.flat
-    id_at = space.id_at
-    enter_run = _context.enter_run
+    enter_run, set_seed = _context.enter_run, _context.set_job_seed
+    offsets = [member.offset for member in members]
+    member_index = {id(member): i for i, member in enumerate(members)}
+    total = sum(len(member.runs) for member in members)
+    current = None
     with contextlib.ExitStack() as stack:  # leaving it frees the run counter, on every rank
-        for start, stop in _chunks_for_rank(runs, payload, comm, stack):
-            base = runs.base_of(start, stop)  # a chunk within one range of the plan: positions base + index
-            for index in range(start, stop):
-                position = base + index if base is not None else runs.position(index)
-                run = position if flat else id_at(position)
-                enter_run(run)
-                slots[in_flight] = position
-                if slow:  # runs of a millisecond or more: child processes see the run id too
-                    putenv("RUN_ID", str(run))
-                try:
-                    output = function(*args, **kwargs)
-                except BaseException as error:  # sys.exit, KeyboardInterrupt...: this run failed, not the rank
-                    checkpoints.busy = True
-                    failed(position, _failure_text(error))
-                else:
-                    checkpoints.busy = True
-                    succeeded(position, run, output)
-                slots[in_flight] = -1
-                checkpoints.busy = False
-                if checkpoints.terminating:
-                    checkpoints.exit_now()
-                moment = now()
-                took = moment - previous
-                slow = took >= 1e-3
-                previous = moment
-                if took > longest:
-                    longest = took
-                    if end is not None:
-                        stop_at = end - max(DEADLINE_MARGIN_S, 3 * longest)
-                if moment >= stop_at:  # too little time for another run: leave the rest to the next life
-                    stopped_early = True
-                    break
-                if moment >= next_status:  # at most every 0.25 s, whatever the runs cost
-                    if checkpoints.requested or clock.due(moment):
-                        snapshot()
-                        checkpoints.requested = False
+        for chunk_start, chunk_stop in _chunks_for_rank(total, members[0].payload.dynamic_load_balancing, comm, stack):
+            start = chunk_start
+            while start < chunk_stop:  # the chunk, member by member
+                member = members[bisect.bisect_right(offsets, start) - 1] if len(members) > 1 else members[0]
+                stop = min(chunk_stop, member.offset + len(member.runs))
+                if member is not current:
+                    current = member
+                    slots[RankStatus.MEMBER] = member_index[id(member)]
+                    set_seed(member.payload.seed)
+                    _context.set_stream_generation(member.plan.stream_generation)
+                    function, args, kwargs = member.payload.function, member.payload.args, member.payload.kwargs
+                    succeeded, failed = member.recorder.succeeded, member.recorder.failed
+                    runs, flat, id_at = member.runs, member.space.flat, member.space.id_at
+                offset = member.offset
+                base = runs.base_of(start - offset, stop - offset)  # within one range: positions base + index
+                for index in range(start - offset, stop - offset):
+                    position = base + index if base is not None else runs.position(index)
+                    run = position if flat else id_at(position)
+                    enter_run(run)
+                    slots[in_flight] = position
+                    if slow:  # runs of a millisecond or more: child processes see the run id too
+                        putenv("RUN_ID", str(run))
+                    try:
+                        output = function(*args, **kwargs)
+                    except BaseException as error:  # sys.exit, KeyboardInterrupt...: this run failed, not the rank
+                        checkpoints.busy = True
+                        failed(position, _failure_text(error))
                     else:
-                        publish_counts()
-                    next_status = moment + every_s
-                elif clock.next_at == 0.0:  # the first snapshot, after the first run
-                    snapshot()
+                        checkpoints.busy = True
+                        succeeded(position, run, output)
+                    slots[in_flight] = -1
+                    checkpoints.busy = False
+                    if checkpoints.terminating:
+                        checkpoints.exit_now()
+                    moment = now()
+                    took = moment - previous
+                    slow = took >= 1e-3
+                    previous = moment
+                    if took > longest:
+                        longest = took
+                        if end is not None:
+                            stop_at = end - max(DEADLINE_MARGIN_S, 3 * longest)
+                    if moment >= stop_at:  # too little time for another run: leave the rest to the next life
+                        stopped_early = True
+                        break
+                    if moment >= next_status:  # at most every 0.25 s, whatever the runs cost
+                        if checkpoints.requested or clock.due(moment):
+                            snapshot()
+                            checkpoints.requested = False
+                        else:
+                            publish_counts()
+                        next_status = moment + every_s
+                    elif clock.next_at == 0.0:  # the first snapshot, after the first run
+                        snapshot()
+                if stopped_early:
+                    break
+                start = stop
             if stopped_early:
                 break
     _context.leave_runs()
     patiently(snapshot)
-    if writer is not None:
-        writer.close()
-    return recorder.tally, stopped_early
+    for member in members:
+        member.close()
+    return stopped_early
 
 
 def report_write_error(status: RankStatus, rank: int, what: str, error: OSError) -> None:
@@ -549,6 +601,34 @@ def _load_payload(files: JobFiles) -> Payload:
     return payload
 
 
+BATCH_FILE = "batch.json"
+"""In the folder of a launch made by ``f.map``: the jobs whose runs the launch runs."""
+
+
+def _members_of(files: JobFiles, attempt: int, life: int, comm: Any) -> list[Member]:
+    """The jobs this launch runs (one, or a batch's) with what is left of their plans in this
+    life: rank 0 reads and seals, the others receive it."""
+    rank = comm.Get_rank()
+    described = None
+    if rank == 0:
+        batch = files.dir / BATCH_FILE
+        if batch.exists():
+            entries = json.loads(batch.read_bytes())["members"]
+            jobs = [(JobFiles(entry["dir"]), int(entry["launch"])) for entry in entries]
+        else:
+            jobs = [(files, attempt)]
+        described = [(str(job.dir), number, *_plan_of_this_life(job, number, life)) for job, number in jobs]
+    described = comm.bcast(described, root=0)
+    members, offset = [], 0
+    for directory, number, plan, space in described:
+        job = JobFiles(directory)
+        payload = _load_payload(job)
+        payload.restore_sources()
+        members.append(Member(job, number, life, rank, payload, plan, space, offset))
+        offset += len(plan.positions)
+    return members
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m parallelaverage.worker JOBDIR LAUNCH", file=sys.stderr)
@@ -570,20 +650,19 @@ def main(argv: list[str]) -> int:
     status.catch_crashes()
     CHECKPOINTS.status = status
     try:
-        payload = _load_payload(files)
-        payload.restore_sources()
-        # only rank 0 reads the plan (a list of ranges) and seals the earlier lives; the
-        # others get what is left to run by broadcast
-        plan, space = comm.bcast(_plan_of_this_life(files, attempt, life) if rank == 0 else None, root=0)
-        _context.set_job_seed(payload.seed)
-        _context.set_stream_generation(plan.stream_generation)
-        tally, stopped_early = execute(files, attempt, comm, status, payload, plan, space, life)
+        members = _members_of(files, attempt, life, comm)
+        for member in members:
+            member.files.life_dir(member.attempt, life).mkdir(mode=0o700, exist_ok=True)
+        stopped_early = execute(members, comm, status)
     except Exception:
         # e.g. the function's module cannot be imported here: say so where the caller looks
         return _fatal(files, attempt, rank, status, comm, life)
     status.set_stage("merging")
+    left = 0
     try:
-        left = merge_and_write(files, attempt, tally, comm, status, life, len(plan.positions))
+        for member in members:
+            left += merge_and_write(member.files, member.attempt, member.recorder.tally, comm, status, life,
+                                    len(member.plan.positions))
     except Exception:
         # every run is in the snapshots, which the caller merges instead; the
         # traceback and the exit code tell it why it has to
@@ -597,8 +676,12 @@ def main(argv: list[str]) -> int:
     # a life that stopped before its time limit with runs left asks its job script to requeue it
     if comm.allreduce(int(stopped_early)) and left:
         if rank == 0:
-            atomic_write_bytes(files.life_end(attempt, life), json.dumps(
-                {"reason": "deadline", "left": left, "life": life}).encode())
+            for member in members:
+                atomic_write_bytes(member.files.life_end(member.attempt, life), json.dumps(
+                    {"reason": "deadline", "left": left, "life": life}).encode())
+            if files.dir != members[0].files.dir:
+                atomic_write_bytes(files.life_end(attempt, life), json.dumps(
+                    {"reason": "deadline", "left": left, "life": life}).encode())
         return REQUEUE_ME
     return 0
 

@@ -19,7 +19,8 @@ Header layout (little-endian int64 slots, then text areas)::
     slot 1  pid                  slot 6  runs failed      slot 11 started at (µs)
     slot 2  start time (ticks)   slot 7  snapshots        slot 12 bytes of error text
     slot 3  stage (STAGES)       slot 8  exit code        slot 13 signal caught
-    slot 4  run in flight (-1)   slot 9  runs claimed     bytes 512..639 host name
+    slot 4  run in flight (-1)   slot 9  runs claimed     slot 14 its job in a batch
+                                                          bytes 512..639 host name
                                                           bytes 1024..4095 error text
 
 Readers get a :class:`RankInfo`; a torn read (the rank writing while the caller reads)
@@ -52,7 +53,7 @@ _ERROR_AT = 1024
 _ERROR_BYTES = HEADER_BYTES - _ERROR_AT
 
 (_S_MAGIC, _S_PID, _S_TICKS, _S_STAGE, _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_SNAPSHOTS,
- _S_EXIT, _S_CLAIMED, _S_SNAPSHOT_US, _S_STARTED_US, _S_ERROR_LEN, _S_SIGNAL) = range(14)
+ _S_EXIT, _S_CLAIMED, _S_SNAPSHOT_US, _S_STARTED_US, _S_ERROR_LEN, _S_SIGNAL, _S_MEMBER) = range(15)
 
 STAGES = ("starting", "running", "merging", "finished", "stopped", "exited_in_run", "failed_to_start")
 """What a rank was doing: ``starting`` (reading its payload), ``running`` (runs),
@@ -80,7 +81,7 @@ class RankStatus:
     ``IN_FLIGHT``, ``DONE``, ``FAILED`` and ``CLAIMED``.
     """
 
-    IN_FLIGHT, DONE, FAILED, CLAIMED = _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_CLAIMED
+    IN_FLIGHT, DONE, FAILED, CLAIMED, MEMBER = _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_CLAIMED, _S_MEMBER
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -171,6 +172,7 @@ class RankInfo:
     signal: int | None
     error: str
     crash_report: str
+    member: int = 0  # which job of a batch (``f.map``) the run in flight belongs to
 
     def alive(self) -> bool | None:
         """Whether the process still runs: True/False on its own host, None elsewhere."""
@@ -223,5 +225,5 @@ def read_rank_status(path: Path, rank: int) -> RankInfo | None:
         snapshot_at=moment(slots[_S_SNAPSHOT_US]), started_at=moment(slots[_S_STARTED_US]),
         exit_code=optional(slots[_S_EXIT]), signal=optional(slots[_S_SIGNAL], 0),
         error=data[_ERROR_AT : _ERROR_AT + error_len].decode(errors="replace"),
-        crash_report=data[HEADER_BYTES:].decode(errors="replace"),
+        crash_report=data[HEADER_BYTES:].decode(errors="replace"), member=int(slots[_S_MEMBER]),
     )
