@@ -19,8 +19,13 @@ Header layout (little-endian int64 slots, then text areas)::
     slot 1  pid                  slot 6  runs failed      slot 11 started at (µs)
     slot 2  start time (ticks)   slot 7  snapshots        slot 12 bytes of error text
     slot 3  stage (STAGES)       slot 8  exit code        slot 13 signal caught
-    slot 4  run in flight (-1)   slot 9  runs claimed     bytes 512..639 host name
+    slot 4  run in flight (-1)   slot 9  runs claimed     slot 14 counts published at (µs)
+                                                          bytes 512..639 host name
                                                           bytes 1024..4095 error text
+
+The times are wall-clock microseconds (``time.time()``): a caller on another host
+compares them with its own clock. Slot 14 came later; records without it read 0 there
+(None).
 
 Readers get a :class:`RankInfo`; a torn read (the rank writing while the caller reads)
 can only mix old and new values of independent counters, each of which is whole.
@@ -43,7 +48,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["RankStatus", "RankInfo", "read_rank_status", "process_start_ticks", "STAGES", "HEADER_BYTES"]
+__all__ = ["RankStatus", "RankInfo", "read_rank_status", "process_start_ticks", "STAGES", "FINAL_STAGES",
+           "HEADER_BYTES"]
 
 HEADER_BYTES = 4096
 _MAGIC = 0x50415253_00000001  # "PARS", version 1
@@ -52,7 +58,7 @@ _ERROR_AT = 1024
 _ERROR_BYTES = HEADER_BYTES - _ERROR_AT
 
 (_S_MAGIC, _S_PID, _S_TICKS, _S_STAGE, _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_SNAPSHOTS,
- _S_EXIT, _S_CLAIMED, _S_SNAPSHOT_US, _S_STARTED_US, _S_ERROR_LEN, _S_SIGNAL) = range(14)
+ _S_EXIT, _S_CLAIMED, _S_SNAPSHOT_US, _S_STARTED_US, _S_ERROR_LEN, _S_SIGNAL, _S_PUBLISHED_US) = range(15)
 
 STAGES = ("starting", "running", "merging", "finished", "stopped", "exited_in_run", "failed_to_start")
 """What a rank was doing: ``starting`` (reading its payload), ``running`` (runs),
@@ -61,6 +67,9 @@ signal from outside ended it after a checkpoint), ``exited_in_run`` (a run calle
 ``os._exit``), ``failed_to_start`` (an error before the first run)."""
 
 _STAGE = {name: index for index, name in enumerate(STAGES)}
+
+FINAL_STAGES = frozenset({"finished", "stopped", "exited_in_run", "failed_to_start"})
+"""The stages after which a rank does nothing more: its process is ending or gone."""
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -77,10 +86,11 @@ class RankStatus:
     """The writer side: made by the rank at start, updated through a memory map.
 
     The worker stores into :attr:`slots` directly on its per-run path, at the indices
-    ``IN_FLIGHT``, ``DONE``, ``FAILED`` and ``CLAIMED``.
+    ``IN_FLIGHT``, ``DONE``, ``FAILED`` and ``CLAIMED``, and ``PUBLISHED_US`` (the wall
+    clock in µs) whenever it publishes its counts: the caller's sign that the rank lives.
     """
 
-    IN_FLIGHT, DONE, FAILED, CLAIMED = _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_CLAIMED
+    IN_FLIGHT, DONE, FAILED, CLAIMED, PUBLISHED_US = _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_CLAIMED, _S_PUBLISHED_US
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -167,6 +177,7 @@ class RankInfo:
     n_snapshots: int
     snapshot_at: float | None
     started_at: float | None
+    published_at: float | None
     exit_code: int | None
     signal: int | None
     error: str
@@ -177,6 +188,13 @@ class RankInfo:
         if self.host != socket.gethostname():
             return None
         return process_start_ticks(self.pid) == self.start_ticks
+
+    @property
+    def last_sign_at(self) -> float | None:
+        """The latest moment (wall clock, s) the rank wrote something: it started,
+        published its counts or wrote a snapshot."""
+        moments = [t for t in (self.published_at, self.snapshot_at, self.started_at) if t is not None]
+        return max(moments) if moments else None
 
     @property
     def crash_signal(self) -> tuple[int, str] | None:
@@ -221,6 +239,7 @@ def read_rank_status(path: Path, rank: int) -> RankInfo | None:
         in_flight=optional(slots[_S_IN_FLIGHT]), n_done=int(slots[_S_DONE]), n_failed=int(slots[_S_FAILED]),
         n_claimed=int(slots[_S_CLAIMED]), n_snapshots=int(slots[_S_SNAPSHOTS]),
         snapshot_at=moment(slots[_S_SNAPSHOT_US]), started_at=moment(slots[_S_STARTED_US]),
+        published_at=moment(slots[_S_PUBLISHED_US]),
         exit_code=optional(slots[_S_EXIT]), signal=optional(slots[_S_SIGNAL], 0),
         error=data[_ERROR_AT : _ERROR_AT + error_len].decode(errors="replace"),
         crash_report=data[HEADER_BYTES:].decode(errors="replace"),
