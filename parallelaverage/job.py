@@ -448,10 +448,12 @@ class Job:
 
 
 def prefetch_states(jobs: Sequence[Job]) -> None:
-    """Ask each queue once about every launch of ``jobs`` (SLURM: one ``squeue`` call).
+    """Ask each queue once about every launch of ``jobs`` (SLURM: at most one ``squeue
+    --me`` call, and none for launches whose files or ranks answer).
 
-    The backends remember what they saw for a moment, so the ``Job.state()`` calls that
-    follow, one per job, ask the queue nothing more. For listings of a whole database.
+    The backends remember what they saw (SLURM: the process's queue watcher), so the
+    ``Job.state()`` calls that follow, one per job, ask the queue nothing more. For
+    listings of a whole database.
     """
     by_backend: dict[str, list[tuple[JobFiles, int, Any]]] = {}
     for job in jobs:

@@ -13,6 +13,7 @@ merging, status) is shared above this layer.
 from __future__ import annotations
 
 import os
+import random
 import re
 import stat
 import subprocess
@@ -138,13 +139,17 @@ class Backend(ABC):
         return f"{command} not found"
 
     def run_command(self, argv: list[str], *, env: dict[str, str] | None = None,
-                    already_done: Callable[[], str | None] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
+                    already_done: Callable[[], str | None] | None = None,
+                    delays_s: Sequence[float] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
         """Run a command, retrying transient failures (:attr:`transient_errors`) with the
-        waits of :attr:`retry_delays_s`.
+        waits of :attr:`retry_delays_s`, each stretched or shrunk by up to a quarter at
+        random, so that many callers refused at once do not all come back at once.
 
         Args:
             argv: the command.
             env: its environment (None: the caller's).
+            delays_s: other waits than :attr:`retry_delays_s` (queries, which can wait
+                for the next look, retry less).
             already_done: for commands that must not run twice (a submission): called
                 before a retry when the failure may have come after the command took
                 effect; a non-None answer is taken as its output instead of retrying.
@@ -152,16 +157,17 @@ class Backend(ABC):
         Returns:
             The last result and the number of tries.
         """
+        delays = tuple(self.retry_delays_s if delays_s is None else delays_s)
         tries = 0
         while True:
             tries += 1
             done = self.run_once(argv, env)
             transient = self.transient_errors is not None and self.transient_errors.search(done.stderr)
-            if done.returncode == 0 or not transient or tries > len(self.retry_delays_s):
+            if done.returncode == 0 or not transient or tries > len(delays):
                 return done, tries
-            delay = self.retry_delays_s[tries - 1]
+            delay = delays[tries - 1] * random.uniform(0.75, 1.25)
             last_line = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
-            say(f"{argv[0]} failed ({last_line}); retrying in {delay:g} s", file=sys.stderr)
+            say(f"{argv[0]} failed ({last_line}); retrying in {delay:.2g} s", file=sys.stderr)
             time.sleep(delay)
             if already_done is not None and self.maybe_done_errors is not None \
                     and self.maybe_done_errors.search(done.stderr):
