@@ -29,5 +29,7 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def fresh_slurm_memory(monkeypatch):
-    """Each test is a process that has asked SLURM nothing yet: the queue watcher is per process."""
+    """Each test is a process that has asked SLURM nothing yet: the queue watcher and
+    what sbatch refusals taught are per process."""
     monkeypatch.setattr(slurm_backend, "_WATCHER", None)
+    monkeypatch.setattr(slurm_backend, "_SUBMITS", slurm_backend._SubmitMemory())

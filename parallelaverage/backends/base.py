@@ -75,9 +75,11 @@ class Backend(ABC):
     def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Start launch ``attempt`` of the job; return what identifies it (stored in ``launch.json``).
 
-        Renders the script (:meth:`render`), writes it to the launch folder, runs the
-        submit command (:meth:`submit_argv`) through :meth:`run_command`, and reads the
-        launch's identity from its output (:meth:`parse_submission`).
+        Renders the script (:meth:`render`), writes it to the launch folder, waits until
+        the queue has room for it (:meth:`admit`), runs the submit command
+        (:meth:`submit_argv`) through :meth:`run_command` — again after a refusal that
+        :meth:`wait_after_refusal` waits out — and reads the launch's identity from its
+        output (:meth:`parse_submission`).
 
         Raises:
             ValueError: a bad option or template (before anything is started).
@@ -89,8 +91,12 @@ class Backend(ABC):
         atomic_write_bytes(path, script.encode())
         os.chmod(path, stat.S_IRWXU)
         argv = self.submit_argv(files, attempt, path)
-        done, tries = self.run_command(argv, env=self.submit_env(files, attempt, options),
-                                       already_done=lambda: self.submitted(files, attempt, path))
+        self.admit(files, attempt, options)
+        while True:
+            done, tries = self.run_command(argv, env=self.submit_env(files, attempt, options),
+                                           already_done=lambda: self.submitted(files, attempt, path))
+            if done.returncode == 0 or not self.wait_after_refusal(files, attempt, options, done):
+                break
         if done.returncode != 0:
             raise self.failure(f"{Path(argv[0]).name} {path}", done, tries)
         return {"backend": self.name, **self.parse_submission(done.stdout, files, attempt, path), "script": str(path)}
@@ -114,6 +120,17 @@ class Backend(ABC):
     def submit_env(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> dict[str, str] | None:
         """The environment of the submit command (None: the caller's)."""
         return None
+
+    def admit(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> None:
+        """Wait, if need be, until the queue accepts one more launch (a per-user limit on
+        queued jobs); by default at once."""
+
+    def wait_after_refusal(self, files: JobFiles, attempt: int, options: Mapping[str, Any],
+                           done: subprocess.CompletedProcess[str]) -> bool:
+        """After the submit command failed for good: whether the refusal was one that
+        passes (a full queue), in which case this waits until it has passed and the
+        command runs again. By default, False: the failure is final."""
+        return False
 
     def submitted(self, files: JobFiles, attempt: int, script: Path) -> str | None:
         """The submit command's output if it took effect although its answer was lost

@@ -15,6 +15,9 @@ of the user, and not at all while the ranks' status records show progress (see
 :mod:`parallelaverage.backends.slurm_queue`). Nothing needs ``sacct`` (which needs
 slurmdbd).
 
+Submissions beyond a per-user submit limit (``MaxSubmitJobs``) wait in the caller
+until the queue has room (see :mod:`parallelaverage.backends.slurm_limits`).
+
 Notes:
     The job database (``path``) and the Python environment must be on a filesystem the
     compute nodes share with the submitting machine: the job script runs the caller's
@@ -23,21 +26,25 @@ Notes:
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from parallelaverage._atomic import atomic_write_bytes
-from parallelaverage.jobfiles.layout import JobFiles
+from parallelaverage.jobfiles.layout import Creator, JobFiles
 from parallelaverage.backends.base import Backend
+from parallelaverage.backends.slurm_limits import SubmitLimit, policy_refusal, read_submit_limits, submit_limit_refusal
 from parallelaverage.backends.slurm_options import check_slurm_options
 from parallelaverage.backends.slurm_queue import RUNNING_STATES, TERMINAL_STATES, JobRow, QueueWatcher
 from parallelaverage.backends.slurm_script import ScriptInputs, load_template, render_script, template_path
-from parallelaverage.errors import warn
+from parallelaverage.errors import say, warn
 
 __all__ = ["SlurmBackend", "queue_watcher", "RUNNING_STATES", "TERMINAL_STATES"]
 
@@ -71,6 +78,18 @@ def queue_watcher() -> QueueWatcher:
         return _WATCHER
 
 
+class _SubmitMemory:
+    """What this process learnt from sbatch refusals: the submit limits (read after a
+    first refusal, by the account and qos options), and the refusals in a row."""
+
+    def __init__(self) -> None:
+        self.limits: dict[tuple[str | None, str | None], list[SubmitLimit]] = {}
+        self.refusals = 0
+
+
+_SUBMITS = _SubmitMemory()
+
+
 # --------------------------------------------------------------------------- the backend
 class SlurmBackend(Backend):
     """Submit each launch as a SLURM batch job; follow it with ``squeue``; stop it with ``scancel``."""
@@ -86,6 +105,8 @@ class SlurmBackend(Backend):
     """A SLURM command that takes longer counts as a transient failure."""
     cancel_timeout_s: float = 120.0
     """How long :meth:`cancel` waits for the job's processes to be gone."""
+    submit_limit_patience_s: float | None = None
+    """How long a submission waits for room under a submit limit (None: as long as it takes)."""
 
     script_name = "job.sbatch"
     transient_errors = _TRANSIENT
@@ -107,8 +128,82 @@ class SlurmBackend(Backend):
 
     def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
         info = super().submit(files, attempt, n_tasks, options)
+        _SUBMITS.refusals = 0
         queue_watcher().submitted(files, attempt, str(info["job_id"]))  # first look at it in 2 s
         return info
+
+    # ------------------------------------------------------------------ submit limits
+    def admit(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> None:
+        """Under a submit limit this process has met before (a refusal taught it), wait
+        before ``sbatch`` until this user's queued and running jobs are fewer."""
+        limits = _SUBMITS.limits.get(_limit_key(options))
+        if limits:
+            limit = min(limits, key=lambda item: item.jobs)
+            self._wait_for_room(files, attempt, limit.jobs, f"{limit} is reached", limit)
+
+    def wait_after_refusal(self, files: JobFiles, attempt: int, options: Mapping[str, Any],
+                           done: subprocess.CompletedProcess[str]) -> bool:
+        """``sbatch`` refused the job for a submit limit (``AssocMaxSubmitJobLimit``,
+        ``QOSMaxSubmitJobPerUserLimit``...): wait until one of this user's jobs has left
+        the queue, then submit again. Any other refusal is final."""
+        reason = submit_limit_refusal(done.stderr)
+        if reason is None:
+            return False
+        key = _limit_key(options)
+        if key not in _SUBMITS.limits:
+            _SUBMITS.limits[key] = read_submit_limits(self._output_of, getpass.getuser(), account=key[0], qos=key[1])
+        limits = _SUBMITS.limits[key]
+        limit = min(limits, key=lambda item: item.jobs) if limits else None
+        _SUBMITS.refusals += 1
+        # 2, 4, 8... s between refused tries, up to a minute, even when the count says
+        # there is room: it may be wrong (jobs another process submitted since the last
+        # listing, a limit on the whole account, which counts other users' jobs)
+        watcher = queue_watcher()
+        time.sleep(min(watcher.longest_wait_s, watcher.first_look_s * 2 ** (_SUBMITS.refusals - 1)))
+        count = watcher.active_jobs(refresh_after_s=0.0)
+        below = min(count, limit.jobs) if limit is not None else count
+        self._wait_for_room(files, attempt, max(1, below), f"sbatch said {reason}"
+                            + (f" ({limit})" if limit is not None else ""), limit)
+        return True
+
+    def _wait_for_room(self, files: JobFiles, attempt: int, below: int, why: str, limit: SubmitLimit | None) -> None:
+        """Block until fewer than ``below`` of this user's jobs (of the limit's account or
+        QOS) are queued or running. The count comes from the watcher: its listings (asked
+        at most every 2 s, then every 4, 8... up to 60 s while the wait lasts) and this
+        process's own launches, whose exit_code files say when they end between listings.
+
+        Raises:
+            RuntimeError: still no room after :attr:`submit_limit_patience_s`.
+        """
+        watcher = queue_watcher()
+        account, qos = (limit.account, limit.qos) if limit is not None else (None, None)
+        started = time.monotonic()
+        count = watcher.active_jobs(account=account, qos=qos)
+        if count < below:
+            return
+        said_at = started
+        say(f"launch {attempt} of job {files.dir.name} waits for room in the SLURM queue: {why}, with {count} "
+            f"of your jobs queued or running; it is submitted when one of them ends", file=sys.stderr)
+        while True:
+            waited = time.monotonic() - started
+            patience = self.submit_limit_patience_s
+            if patience is not None and waited > patience:
+                raise RuntimeError(f"no room in the SLURM queue after {waited:.0f} s: {why}, with {count} of your "
+                                   "jobs queued or running")
+            if time.monotonic() - said_at > 600:
+                said_at = time.monotonic()
+                say(f"launch {attempt} of job {files.dir.name} still waits for room in the SLURM queue "
+                    f"({count} of your jobs queued or running, {waited / 60:.0f} min so far)", file=sys.stderr)
+            Creator.still_at_work(files.creator(attempt))  # other hosts must not take it for abandoned
+            time.sleep(1.0)
+            refresh_after_s = min(watcher.longest_wait_s, max(watcher.first_look_s, waited / 2))
+            count = watcher.active_jobs(account=account, qos=qos, refresh_after_s=refresh_after_s)
+            if count < below:
+                return
+
+    def _output_of(self, argv: list[str]) -> str | None:
+        done = self.run_once(argv)
+        return done.stdout if done.returncode == 0 else None
 
     def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
         # --parsable prints "<id>" or "<id>;<cluster>"
@@ -132,6 +227,10 @@ class SlurmBackend(Backend):
         if "configuration source" in done.stderr or "slurm.conf" in done.stderr:
             return RuntimeError(f"{error}\nNo SLURM configuration found: set SLURM_CONF to the cluster's "
                                 "slurm.conf, or use queuing_system='local'")
+        if policy_refusal(done.stderr):
+            return RuntimeError(f"{error}\nThis is a limit of your SLURM association or QOS (the name above says "
+                                "which: MaxWall, MaxTRES...); 'sacctmgr show assoc user=$USER' and 'sacctmgr "
+                                "show qos' list them")
         return error
 
     def _submitted(self, script: Path, job_name: str) -> str | None:
@@ -272,3 +371,7 @@ def _parse_listing(output: str) -> dict[str, JobRow]:
             rows[parts[0]] = JobRow(parts[1], parts[4], parts[2], parts[3])
     return rows
 
+
+def _limit_key(options: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    account, qos = options.get("account"), options.get("qos")
+    return (str(account) if account else None, str(qos) if qos else None)

@@ -14,6 +14,7 @@ import pytest
 from parallelaverage.jobfiles import rankstatus
 from parallelaverage.jobfiles.layout import JobFiles
 from parallelaverage.jobfiles.rankstatus import RankStatus
+from parallelaverage.backends.slurm_limits import read_submit_limits, submit_limit_refusal
 from parallelaverage.backends.slurm_queue import JobRow, QueueWatcher
 
 START_WALL = 1.8e9  # the fake wall clock at fake monotonic 0
@@ -227,3 +228,30 @@ def test_active_jobs_counts_the_listing_and_this_process_s_launches(tmp_path):
     queue.jobs["11"] = JobRow("RUNNING")
     mine[1][0].exit_code(1).write_text("0\n")
     assert queue.watcher.active_jobs() == 3  # listed as running, ended since by its files
+
+
+def test_submit_limit_refusals_and_limits_from_sacctmgr():
+    refused = ("sbatch: error: AssocMaxSubmitJobLimit\nsbatch: error: Batch job submission failed: "
+               "Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)\n")
+    assert submit_limit_refusal(refused) == "AssocMaxSubmitJobLimit"
+    assert submit_limit_refusal("sbatch: error: QOSMaxSubmitJobPerUserLimit\n") == "QOSMaxSubmitJobPerUserLimit"
+    assert submit_limit_refusal(refused.replace("AssocMaxSubmitJobLimit", "AssocMaxWallDurationPerJobLimit")) is None
+
+    answers = {
+        "show user": "root|patest|root||||normal\nroot|patest|proj||||normal\n",
+        "account=root": "root||parent|\nroot|root|||\n",
+        "account=parent": "parent||top|50\n",
+        "show qos": "normal|20\n",
+    }
+    seen = []
+
+    def run(argv):
+        seen.append(" ".join(argv))
+        return next((text for key, text in answers.items() if key in " ".join(argv)), None)
+
+    limits = read_submit_limits(run, "root")
+    assert [str(limit) for limit in limits] == ["MaxSubmitJobs=50 of the account parent",
+                                                "MaxSubmitJobsPerUser=20 of the QOS normal"]
+    assert limits[0].account == "root" and limits[1].qos == "normal"
+    assert not any(command.startswith("scontrol") for command in seen)  # one cluster: no question to slurmctld
+    assert read_submit_limits(lambda argv: None, "root") == []  # no accounting, or not allowed
