@@ -3,7 +3,7 @@
 Usage (needs a SLURM cluster no one else uses meanwhile: ``sdiag`` counts every client;
 e.g. ``SLURM_TEST_DIR=/tmp/my-slurm bash tests/slurm/cluster.sh up --nodes 2``)::
 
-    python bench/scheduler.py [--jobs 20] [--wait-s 60] [--no-baseline]
+    python bench/scheduler.py [--jobs 20] [--wait-s 60] [--no-baseline] [--submit-limit N]
 
 The loop of the issue: ``f(k)`` for k = 0..K-1 (each submits a job of 2 ranks whose 20
 runs sleep 0.2 + 0.25 k s: jobs of 2 to 50 s, more CPUs than the cluster has, so some
@@ -19,6 +19,12 @@ Counted per phase (submitting, waiting):
 Baseline, in the same run: the same jobs submitted with plain ``sbatch``, each waited
 for by asking ``squeue --jobs=ID`` once a second (a hand-written loop; parallelaverage's
 ``wait()`` asked about as often before it had a queue watcher).
+
+``--submit-limit N`` (a cluster with accounting: ``cluster.sh up --accounting``) then
+sets ``MaxSubmitJobs=N`` for this user with ``sacctmgr`` and times a loop of ``--jobs``
+calls of short jobs (20 runs of 0.1 s on 2 ranks), which must wait for room: the
+``sbatch`` calls (refusals among them), the ``squeue`` calls and RPCs until the last
+call returned; the limit is lifted afterwards.
 
 Prints a table, then one JSON line of the figures.
 """
@@ -156,11 +162,34 @@ def run_baseline(root: Path, log: Path, jobs: int, wait_s: float) -> dict:
             "wait": {"commands": minus(cmd2, cmd1), "rpcs": delta(rpc1, rpc2)}, "ended": ended}
 
 
+def run_limited(root: Path, log: Path, jobs: int, limit: int) -> dict:
+    import getpass
+
+    user = getpass.getuser()
+    subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", f"MaxSubmitJobs={limit}"], check=True,
+                   capture_output=True)
+    (root / "limited").mkdir()
+    try:
+        f = parallel_average(N_runs=20, N_tasks=2, time="00:10:00", queuing_system="slurm", path=root / "limited",
+                             pickle_by_value=[THIS])(step)
+        rpc0, cmd0 = rpc_counts(), commands(log)
+        started = time.monotonic()
+        for k in range(jobs):
+            f(0.1 + 1e-6 * k)
+        took = time.monotonic() - started
+        rpc1, cmd1 = rpc_counts(), commands(log)
+    finally:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"], capture_output=True)
+    return {"submit": {"commands": minus(cmd1, cmd0), "rpcs": delta(rpc0, rpc1)}, "took_s": took}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--wait-s", type=float, default=60.0)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--submit-limit", type=int, default=None, metavar="N",
+                        help="also time a loop under MaxSubmitJobs=N (needs accounting)")
     parser.add_argument("--dir", type=Path, default=None, help="where the job database goes (default: a temp dir)")
     args = parser.parse_args()
     need_cluster()
@@ -172,6 +201,10 @@ def main() -> None:
     if not args.no_baseline:
         time.sleep(5)  # let the cancelled jobs' nodes drain
         results["baseline: squeue --jobs=ID every 1 s"] = run_baseline(root, log, args.jobs, args.wait_s)
+    limited = None
+    if args.submit_limit is not None:
+        time.sleep(5)
+        limited = run_limited(root, log, args.jobs, args.submit_limit)
     print(f"\n{args.jobs} jobs submitted, then waited on in turn for {args.wait_s:g} s")
     print(f"{'caller':<40} {'phase':<7} {'sbatch':>6} {'squeue':>6} {'RPCs':>5}  RPCs by type")
     figures: dict = {"jobs": args.jobs, "wait_s": args.wait_s}
@@ -185,6 +218,14 @@ def main() -> None:
             figures[f"{key}_{phase}_rpcs"] = total
             figures[f"{key}_{phase}_squeue"] = part["commands"]["squeue"]
         figures[f"{'pa' if caller == 'parallelaverage' else 'baseline'}_ended"] = result["ended"]
+    if limited is not None:
+        part = limited["submit"]
+        print(f"\nMaxSubmitJobs={args.submit_limit}: {args.jobs} calls returned after {limited['took_s']:.1f} s, "
+              f"{part['commands']['sbatch']} sbatch ({part['commands']['sbatch'] - args.jobs} refused), "
+              f"{part['commands']['squeue']} squeue, {sum(part['rpcs'].values())} RPCs: {by_type(part['rpcs'])}")
+        figures.update(limit=args.submit_limit, limited_took_s=round(limited["took_s"], 2),
+                       limited_sbatch=part["commands"]["sbatch"], limited_squeue=part["commands"]["squeue"],
+                       limited_rpcs=sum(part["rpcs"].values()))
     print(json.dumps(figures))
 
 
