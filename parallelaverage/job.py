@@ -457,10 +457,12 @@ class Job:
 
 
 def prefetch_states(jobs: Sequence[Job]) -> None:
-    """Ask each queue once about every launch of ``jobs`` (SLURM: one ``squeue`` call).
+    """Ask each queue once about every launch of ``jobs`` (SLURM: at most one ``squeue
+    --me`` call, and none for launches whose files or ranks answer).
 
-    The backends remember what they saw for a moment, so the ``Job.state()`` calls that
-    follow, one per job, ask the queue nothing more. For listings of a whole database.
+    The backends remember what they saw (SLURM: the process's queue watcher), so the
+    ``Job.state()`` calls that follow, one per job, ask the queue nothing more. For
+    listings of a whole database.
     """
     by_backend: dict[str, list[tuple[JobFiles, int, Any]]] = {}
     for job in jobs:
@@ -556,6 +558,7 @@ def start_batch(db: JobDatabase, jobs: Sequence[Job], queuing_system: str, n_tas
     info = {**info, "backend": backend.name, "n_tasks": n_tasks, "queue_options": dict(queue_options),
             "batch": str(folder.resolve())}
     _testhooks.hook("launch_submitted")
+    atomic_write_bytes(files.launch(1), json.dumps(info).encode())  # when it was submitted, for the queue watcher
     for index, job in enumerate(jobs):
         atomic_write_bytes(job.files.launch(1), json.dumps({**info, "batch_member": index}).encode())
         if index == 0:

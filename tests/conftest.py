@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 import parallelaverage
 from parallelaverage import _kernels
+from parallelaverage.backends import slurm as slurm_backend
 
 
 def pytest_report_header(config):
@@ -22,3 +25,11 @@ def pytest_configure(config):
             "run pytest (not 'python -m pytest') from the repository root after 'pip install .', "
             "so that the installed package, not the source tree, is imported"
         )
+
+
+@pytest.fixture(autouse=True)
+def fresh_slurm_memory(monkeypatch):
+    """Each test is a process that has asked SLURM nothing yet: the queue watcher and
+    what sbatch refusals taught are per process."""
+    monkeypatch.setattr(slurm_backend, "_WATCHER", None)
+    monkeypatch.setattr(slurm_backend, "_SUBMITS", slurm_backend._SubmitMemory())

@@ -13,6 +13,7 @@ merging, status) is shared above this layer.
 from __future__ import annotations
 
 import os
+import random
 import re
 import stat
 import subprocess
@@ -74,9 +75,11 @@ class Backend(ABC):
     def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Start launch ``attempt`` of the job; return what identifies it (stored in ``launch.json``).
 
-        Renders the script (:meth:`render`), writes it to the launch folder, runs the
-        submit command (:meth:`submit_argv`) through :meth:`run_command`, and reads the
-        launch's identity from its output (:meth:`parse_submission`).
+        Renders the script (:meth:`render`), writes it to the launch folder, waits until
+        the queue has room for it (:meth:`admit`), runs the submit command
+        (:meth:`submit_argv`) through :meth:`run_command` — again after a refusal that
+        :meth:`wait_after_refusal` waits out — and reads the launch's identity from its
+        output (:meth:`parse_submission`).
 
         Raises:
             ValueError: a bad option or template (before anything is started).
@@ -88,8 +91,12 @@ class Backend(ABC):
         atomic_write_bytes(path, script.encode())
         os.chmod(path, stat.S_IRWXU)
         argv = self.submit_argv(files, attempt, path)
-        done, tries = self.run_command(argv, env=self.submit_env(files, attempt, options),
-                                       already_done=lambda: self.submitted(files, attempt, path))
+        self.admit(files, attempt, options)
+        while True:
+            done, tries = self.run_command(argv, env=self.submit_env(files, attempt, options),
+                                           already_done=lambda: self.submitted(files, attempt, path))
+            if done.returncode == 0 or not self.wait_after_refusal(files, attempt, options, done):
+                break
         if done.returncode != 0:
             raise self.failure(f"{Path(argv[0]).name} {path}", done, tries)
         return {"backend": self.name, **self.parse_submission(done.stdout, files, attempt, path), "script": str(path)}
@@ -113,6 +120,17 @@ class Backend(ABC):
     def submit_env(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> dict[str, str] | None:
         """The environment of the submit command (None: the caller's)."""
         return None
+
+    def admit(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> None:
+        """Wait, if need be, until the queue accepts one more launch (a per-user limit on
+        queued jobs); by default at once."""
+
+    def wait_after_refusal(self, files: JobFiles, attempt: int, options: Mapping[str, Any],
+                           done: subprocess.CompletedProcess[str]) -> bool:
+        """After the submit command failed for good: whether the refusal was one that
+        passes (a full queue), in which case this waits until it has passed and the
+        command runs again. By default, False: the failure is final."""
+        return False
 
     def submitted(self, files: JobFiles, attempt: int, script: Path) -> str | None:
         """The submit command's output if it took effect although its answer was lost
@@ -138,13 +156,17 @@ class Backend(ABC):
         return f"{command} not found"
 
     def run_command(self, argv: list[str], *, env: dict[str, str] | None = None,
-                    already_done: Callable[[], str | None] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
+                    already_done: Callable[[], str | None] | None = None,
+                    delays_s: Sequence[float] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
         """Run a command, retrying transient failures (:attr:`transient_errors`) with the
-        waits of :attr:`retry_delays_s`.
+        waits of :attr:`retry_delays_s`, each stretched or shrunk by up to a quarter at
+        random, so that many callers refused at once do not all come back at once.
 
         Args:
             argv: the command.
             env: its environment (None: the caller's).
+            delays_s: other waits than :attr:`retry_delays_s` (queries, which can wait
+                for the next look, retry less).
             already_done: for commands that must not run twice (a submission): called
                 before a retry when the failure may have come after the command took
                 effect; a non-None answer is taken as its output instead of retrying.
@@ -152,16 +174,17 @@ class Backend(ABC):
         Returns:
             The last result and the number of tries.
         """
+        delays = tuple(self.retry_delays_s if delays_s is None else delays_s)
         tries = 0
         while True:
             tries += 1
             done = self.run_once(argv, env)
             transient = self.transient_errors is not None and self.transient_errors.search(done.stderr)
-            if done.returncode == 0 or not transient or tries > len(self.retry_delays_s):
+            if done.returncode == 0 or not transient or tries > len(delays):
                 return done, tries
-            delay = self.retry_delays_s[tries - 1]
+            delay = delays[tries - 1] * random.uniform(0.75, 1.25)
             last_line = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
-            say(f"{argv[0]} failed ({last_line}); retrying in {delay:g} s", file=sys.stderr)
+            say(f"{argv[0]} failed ({last_line}); retrying in {delay:.2g} s", file=sys.stderr)
             time.sleep(delay)
             if already_done is not None and self.maybe_done_errors is not None \
                     and self.maybe_done_errors.search(done.stderr):

@@ -106,12 +106,24 @@ class Creator:
     @staticmethod
     def alive(info: dict[str, Any], grace_s: float) -> bool:
         """Whether the creator may still be at work: its process lives (same host), or,
-        on another host, the launch is younger than ``grace_s``."""
+        on another host, it said so (created the launch, or :meth:`still_at_work`) less
+        than ``grace_s`` ago."""
         if info.get("host") == socket.gethostname():
             pid = info.get("pid")
             return isinstance(pid, int) and process_start_ticks(pid) == info.get("start_ticks")
-        created = info.get("created_at")
-        return not isinstance(created, (int, float)) or time.time() - created < grace_s
+        moments = [t for t in (info.get("created_at"), info.get("alive_at")) if isinstance(t, (int, float))]
+        return not moments or time.time() - max(moments) < grace_s
+
+    @staticmethod
+    def still_at_work(path: Path) -> None:
+        """Say, in the creator record at ``path``, that its creator still works on the
+        launch (one that waits long before submitting it: a full queue); best effort."""
+        try:
+            info = json.loads(path.read_bytes())
+            if isinstance(info, dict):
+                atomic_write_bytes(path, json.dumps({**info, "alive_at": time.time()}).encode())
+        except (OSError, ValueError):
+            pass
 
 
 class JobFiles:

@@ -20,8 +20,13 @@ Header layout (little-endian int64 slots, then text areas)::
     slot 2  start time (ticks)   slot 7  snapshots        slot 12 bytes of error text
     slot 3  stage (STAGES)       slot 8  exit code        slot 13 signal caught
     slot 4  run in flight (-1)   slot 9  runs claimed     slot 14 its job in a batch
+                                                          slot 15 counts published at (µs)
                                                           bytes 512..639 host name
                                                           bytes 1024..4095 error text
+
+The times are wall-clock microseconds (``time.time()``): a caller on another host
+compares them with its own clock. Slots 14 and 15 came later; records without them read 0 there
+(job 0; no publication time: None).
 
 Readers get a :class:`RankInfo`; a torn read (the rank writing while the caller reads)
 can only mix old and new values of independent counters, each of which is whole.
@@ -44,7 +49,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["RankStatus", "RankInfo", "read_rank_status", "process_start_ticks", "STAGES", "HEADER_BYTES"]
+__all__ = ["RankStatus", "RankInfo", "read_rank_status", "process_start_ticks", "STAGES", "FINAL_STAGES",
+           "HEADER_BYTES"]
 
 HEADER_BYTES = 4096
 _MAGIC = 0x50415253_00000001  # "PARS", version 1
@@ -53,7 +59,7 @@ _ERROR_AT = 1024
 _ERROR_BYTES = HEADER_BYTES - _ERROR_AT
 
 (_S_MAGIC, _S_PID, _S_TICKS, _S_STAGE, _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_SNAPSHOTS,
- _S_EXIT, _S_CLAIMED, _S_SNAPSHOT_US, _S_STARTED_US, _S_ERROR_LEN, _S_SIGNAL, _S_MEMBER) = range(15)
+ _S_EXIT, _S_CLAIMED, _S_SNAPSHOT_US, _S_STARTED_US, _S_ERROR_LEN, _S_SIGNAL, _S_MEMBER, _S_PUBLISHED_US) = range(16)
 
 STAGES = ("starting", "running", "merging", "finished", "stopped", "exited_in_run", "failed_to_start")
 """What a rank was doing: ``starting`` (reading its payload), ``running`` (runs),
@@ -62,6 +68,9 @@ signal from outside ended it after a checkpoint), ``exited_in_run`` (a run calle
 ``os._exit``), ``failed_to_start`` (an error before the first run)."""
 
 _STAGE = {name: index for index, name in enumerate(STAGES)}
+
+FINAL_STAGES = frozenset({"finished", "stopped", "exited_in_run", "failed_to_start"})
+"""The stages after which a rank does nothing more: its process is ending or gone."""
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -78,10 +87,12 @@ class RankStatus:
     """The writer side: made by the rank at start, updated through a memory map.
 
     The worker stores into :attr:`slots` directly on its per-run path, at the indices
-    ``IN_FLIGHT``, ``DONE``, ``FAILED`` and ``CLAIMED``.
+    ``IN_FLIGHT``, ``DONE``, ``FAILED`` and ``CLAIMED``, and ``PUBLISHED_US`` (the wall
+    clock in µs) whenever it publishes its counts: the caller's sign that the rank lives.
     """
 
-    IN_FLIGHT, DONE, FAILED, CLAIMED, MEMBER = _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_CLAIMED, _S_MEMBER
+    IN_FLIGHT, DONE, FAILED, CLAIMED, MEMBER, PUBLISHED_US = (
+        _S_IN_FLIGHT, _S_DONE, _S_FAILED, _S_CLAIMED, _S_MEMBER, _S_PUBLISHED_US)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -168,6 +179,7 @@ class RankInfo:
     n_snapshots: int
     snapshot_at: float | None
     started_at: float | None
+    published_at: float | None
     exit_code: int | None
     signal: int | None
     error: str
@@ -179,6 +191,13 @@ class RankInfo:
         if self.host != socket.gethostname():
             return None
         return process_start_ticks(self.pid) == self.start_ticks
+
+    @property
+    def last_sign_at(self) -> float | None:
+        """The latest moment (wall clock, s) the rank wrote something: it started,
+        published its counts or wrote a snapshot."""
+        moments = [t for t in (self.published_at, self.snapshot_at, self.started_at) if t is not None]
+        return max(moments) if moments else None
 
     @property
     def crash_signal(self) -> tuple[int, str] | None:
@@ -223,6 +242,7 @@ def read_rank_status(path: Path, rank: int) -> RankInfo | None:
         in_flight=optional(slots[_S_IN_FLIGHT]), n_done=int(slots[_S_DONE]), n_failed=int(slots[_S_FAILED]),
         n_claimed=int(slots[_S_CLAIMED]), n_snapshots=int(slots[_S_SNAPSHOTS]),
         snapshot_at=moment(slots[_S_SNAPSHOT_US]), started_at=moment(slots[_S_STARTED_US]),
+        published_at=moment(slots[_S_PUBLISHED_US]),
         exit_code=optional(slots[_S_EXIT]), signal=optional(slots[_S_SIGNAL], 0),
         error=data[_ERROR_AT : _ERROR_AT + error_len].decode(errors="replace"),
         crash_report=data[HEADER_BYTES:].decode(errors="replace"), member=int(slots[_S_MEMBER]),
