@@ -64,7 +64,8 @@ GRAPH = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
 RANK_SIDE = {"parallelaverage.worker", "parallelaverage.mpi", "parallelaverage._allreduce",
              "parallelaverage._context", "parallelaverage.stats", "parallelaverage._kernels",
              "parallelaverage._launch_check", "parallelaverage.runspace", "parallelaverage.errors",
-             "parallelaverage._atomic", "parallelaverage._packed", "parallelaverage._welford"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
+             "parallelaverage._atomic", "parallelaverage._packed", "parallelaverage._welford",
+             "parallelaverage._accumulator", "parallelaverage._moments", "parallelaverage._momentkernels"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
 
 
 def in_group(module: str, prefixes: tuple[str, ...]) -> bool:
