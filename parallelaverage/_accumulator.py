@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 import numpy as np
 
 __all__ = ["Accumulator", "STATE_SCHEMA", "KINDS", "register", "parse_spec", "canonical_spec", "from_spec",
-           "check_specs", "prepare_all", "add_prepared_all"]
+           "check_specs", "check_statistics", "specs_for", "recorded_statistics", "prepare_all", "add_prepared_all"]
 
 STATE_SCHEMA = 1
 """The version of the states ``to_state`` writes (every accumulator but ``Welford``)."""
@@ -132,16 +132,16 @@ class Accumulator:
             TypeError, ValueError: ``other`` is another kind, spec or shape.
         """
         self._check_layout(other)
-        theirs = other._packed_state()
-        if theirs is None:
+        theirs, layout = other._packed_state(), other._layout()
+        if theirs is None or layout is None:
             return self
         mine = self._packed_state()
         if mine is None:
-            self._assign(type(self)._from_packed(other._layout(), theirs.copy()))
+            self._assign(type(self)._from_packed(layout, theirs.copy()))
             return self
         if theirs is mine:  # a.merge(a): the kernels read b while writing a
             theirs = theirs.copy()
-        type(self)._merge_packed(other._layout(), mine, theirs)
+        type(self)._merge_packed(layout, mine, theirs)
         return self
 
     def _assign(self, other: Accumulator) -> None:
@@ -150,10 +150,10 @@ class Accumulator:
 
     def copy(self: A) -> A:
         """An independent copy."""
-        packed = self._packed_state()
-        if packed is None:
+        packed, layout = self._packed_state(), self._layout()
+        if packed is None or layout is None:
             return type(self)(**self._params())
-        return type(self)._from_packed(self._layout(), packed.copy())
+        return type(self)._from_packed(layout, packed.copy())
 
     def __add__(self: A, other: A) -> A:
         if not isinstance(other, Accumulator):
@@ -370,6 +370,44 @@ def check_specs(specs: Any) -> tuple[str, ...]:
         kinds.add(kind)
         canonical.append(canonical_spec(kind, params))
     return tuple(canonical)
+
+
+def check_statistics(value: Any, average: Any) -> tuple[str, ...] | dict[int, tuple[str, ...]]:
+    """The decorator's ``statistics=`` in canonical form: a tuple of specs for every averaged
+    element, or ``{element: specs}`` for some of them.
+
+    Args:
+        value: a spec, a sequence of specs, or a mapping element index -> spec(s).
+        average: the averaged elements (``"all"`` or a tuple of indices).
+
+    Raises:
+        ValueError, TypeError: a bad spec, or an element that is not averaged.
+    """
+    if isinstance(value, Mapping):
+        out: dict[int, tuple[str, ...]] = {}
+        for index, specs in value.items():
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise TypeError(f"statistics={{{index!r}: ...}}: the keys are the indices of averaged tuple elements")
+            if average != "all" and index not in average:
+                raise ValueError(f"statistics={{{index}: ...}}: element {index} is not averaged "
+                                 f"(average_results={list(average)!r})")
+            out[index] = check_specs(specs)
+        return {index: specs for index, specs in sorted(out.items()) if specs}
+    return check_specs(value)
+
+
+def specs_for(statistics: Any, index: int) -> tuple[str, ...]:
+    """The specs that element ``index`` collects, from a canonical ``statistics``."""
+    if isinstance(statistics, Mapping):
+        return tuple(statistics.get(index, ()))
+    return tuple(statistics or ())
+
+
+def recorded_statistics(statistics: Any) -> Any:
+    """``statistics`` as JSON for a job record: a list, or ``{"<element>": [...]}``."""
+    if isinstance(statistics, Mapping):
+        return {str(index): list(specs) for index, specs in statistics.items()}
+    return list(statistics or ())
 
 
 # ------------------------------------------------------------------ groups of them

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from parallelaverage import _kernels, _packed
 from parallelaverage._accumulator import Accumulator, Layout, register
-from parallelaverage._packed import COUNT, HEADER, W_M
+from parallelaverage._packed import COUNT
 from parallelaverage._welford import Welford, _sample_array, _weight
 
 __all__ = ["Batches", "JackknifeEstimate", "jackknife"]
@@ -103,7 +103,7 @@ class Batches(Accumulator):
         batch = int(key) % self._k
         _kernels.add(self._views(self._state)[batch], x, w)
 
-    def add(self, sample: Any, weight: float | None = None, key: int | None = None) -> None:  # type: ignore[override]
+    def add(self, sample: Any, weight: float | None = None, key: int | None = None) -> None:
         """Add one sample to batch ``key mod K``.
 
         Args:
@@ -282,10 +282,10 @@ def jackknife(function: Callable[..., Any], *accumulators: Batches) -> Jackknife
         if acc._state is None:
             raise ValueError("a Batches accumulator is empty: add samples first")
     batches = [[acc.batch(b) for b in range(k)] for acc in accumulators]
-    used = [b for b in range(k) if all(row[b]._state is not None and row[b]._state[W_M] != 0.0 for row in batches)]
+    used = [b for b in range(k) if all(row[b].total_weight > 0.0 for row in batches)]
     weights = np.array([batches[0][b].total_weight for b in used], dtype=float)
 
-    def value_of(accs: list[Welford]) -> np.ndarray:
+    def value_of(accs: Sequence[Welford]) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.asarray(function(*(acc.mean for acc in accs)), dtype=float)
 

@@ -77,7 +77,7 @@ class ParallelFunction:
         options = self._options
         payload = Payload(self._function, args, kwargs, options.average,
                           options.keep_runs or options.average is None, options.encoding, seed,
-                          options.dynamic_load_balancing)
+                          options.dynamic_load_balancing, statistics=options.statistics)
         payload.capture_sources(tuple(m.__name__ for m in options.pickle_by_value))
         for module in options.pickle_by_value:
             cloudpickle.register_pickle_by_value(module)
@@ -246,7 +246,14 @@ def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_result
     runs finished so far); a function returning a tuple gets a tuple of results.
     ``average_results`` names the tuple elements to average ("all" by default; the
     others are kept from the last run). ``keep_runs=True`` also keeps every output.
-    Other options as for :func:`parallel`.
+    ``statistics=(...)`` collects more of each averaged element, merged like the mean:
+    ``"covariance"``, ``"moments"``, ``"jackknife:20"``, ``"histogram:bins=50,range=(0,1)"``,
+    ``"autocorrelation"`` (specs of :func:`parallelaverage.stats.from_spec`; a mapping
+    ``{element: specs}`` for some tuple elements only); the result has them as
+    ``.covariance``, ``.skewness``, ``.jackknife(f)``, ``.histogram``,
+    ``.autocorrelation_time``... They are not part of the call's identity: a call that
+    asks for other statistics than its job collected gets the job's result, which says
+    what it lacks. Other options as for :func:`parallel`.
 
     Raises:
         OptionError, OptionTypeError: an invalid option, at decoration time.

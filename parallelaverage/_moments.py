@@ -117,7 +117,7 @@ class _Shifted(Accumulator):
         shape = self._shape
         if type(sample) is np.ndarray and sample.dtype == np.float64 and sample.shape == shape \
                 and sample.flags.c_contiguous and (weight is None or type(weight) is float and 0.0 <= weight < math.inf):
-            return sample.reshape(-1), 1.0 if weight is None else weight, shape  # the common case, checked
+            return sample.reshape(-1), 1.0 if weight is None else weight, sample.shape  # the common case, checked
         array = _float64_values(sample, self.what)
         if shape is not None and array.shape != shape:
             raise ValueError(f"sample of shape {array.shape} differs from the accumulated shape {shape}")

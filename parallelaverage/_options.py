@@ -15,6 +15,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from parallelaverage._accumulator import check_statistics, recorded_statistics
 from parallelaverage.backends.slurm_options import check_slurm_options
 from parallelaverage.errors import OptionError
 from parallelaverage.runspace import RunSpace
@@ -23,7 +24,7 @@ __all__ = ["JobOptions", "parse_options"]
 
 QUEUING_SYSTEMS = ("auto", "local", "slurm")
 ENCODINGS = ("pickle", "json")
-AVERAGE_ONLY = ("keep_runs", "average_results")
+AVERAGE_ONLY = ("keep_runs", "average_results", "statistics")
 """Options of ``@parallel_average`` that ``@parallel`` (which keeps every output) refuses."""
 
 
@@ -42,6 +43,7 @@ class JobOptions:
     seed: int | None
     pickle_by_value: tuple[types.ModuleType, ...]
     queue_options: Mapping[str, Any] = field(default_factory=dict)
+    statistics: Any = ()  # canonical specs: a tuple for every averaged element, or {element: tuple}
 
     @property
     def space(self) -> RunSpace:
@@ -62,6 +64,7 @@ class JobOptions:
             "dynamic_load_balancing": self.dynamic_load_balancing, "encoding": self.encoding,
             "queuing_system": self.queuing_system, "seed": self.seed,
             "queue_options": dict(self.queue_options),
+            "statistics": recorded_statistics(self.statistics),
         }
 
 
@@ -157,10 +160,12 @@ def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
     for module in by_value:
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"pickle_by_value: {module!r} is not a module; pass imported modules")
+    averaged = None if average is None else _check_average(average)
+    statistics = check_statistics(options.pop("statistics", ()), averaged)
     check_slurm_options(options)  # also for local jobs: the same code may run on a cluster later
     return JobOptions(
-        N_runs=n_runs, N_tasks=N_tasks, average=None if average is None else _check_average(average),
+        N_runs=n_runs, N_tasks=N_tasks, average=averaged,
         keep_runs=_check_bool("keep_runs", keep_runs), dynamic_load_balancing=dynamic,
         encoding=encoding, path=path, queuing_system=queuing_system, seed=seed,
-        pickle_by_value=by_value, queue_options=options,
+        pickle_by_value=by_value, queue_options=options, statistics=statistics,
     )

@@ -253,7 +253,7 @@ def allreduce(acc: Welford, comm: MPI.Intracomm | None = None, *, inplace: bool 
     if not isinstance(acc, Welford):  # Covariance, Moments, Batches, Histogram, LogBinning: one generic collective
         from parallelaverage import _collective
 
-        return _collective.allreduce(acc, comm, inplace=inplace)  # type: ignore[return-value]
+        return _collective.allreduce(acc, comm, inplace=inplace)
     layouts, headers = _gather_layouts(acc, comm)
     if not layouts:
         return Welford()
