@@ -81,7 +81,7 @@ class ParallelFunction:
         options = self._options
         payload = Payload(self._function, args, kwargs, options.average,
                           options.keep_runs or options.average is None, options.encoding, seed,
-                          options.dynamic_load_balancing, statistics=options.statistics)
+                          options.dynamic_load_balancing, statistics=options.statistics, target=options.target)
         payload.capture_sources(tuple(m.__name__ for m in options.pickle_by_value))
         for module in options.pickle_by_value:
             cloudpickle.register_pickle_by_value(module)
@@ -118,9 +118,11 @@ class ParallelFunction:
         files = {"payload.pkl": payload}
         if base is not None:
             old_job, old_state = base
-            old = old_job.space.all()  # the same positions in the larger space (_extension_base checks it)
+            # its runs keep their positions in the larger space (_extension_base checks it); those it
+            # did not run (it stopped at its target error) are run now, with the new ones
+            old = old_state.done.union(old_state.failed_positions)
             recorded["extends"] = {"job": old_job.name, "N_runs": old_job.record.N_runs}
-            files.update(_imported_launch(old_job, old_state, space))
+            files.update(_imported_launch(old_job, old_state, old, space))
             first = 2
             new_runs = space.all() - old
         else:
@@ -143,7 +145,7 @@ class ParallelFunction:
         _testhooks.hook("job_created")
         if base is not None:
             say(f"submitting job {record.job_name} ({len(new_runs)} runs on {options.N_tasks} MPI ranks, "
-                f"{queuing_system}); its other {len(base[1].space.all())} runs are those of job {base[0].name}, "
+                f"{queuing_system}); its other {len(space.all()) - len(new_runs)} runs are those of job {base[0].name}, "
                 f"the same call with N_runs={base[0].record.N_runs}: same seed, same streams")
         else:
             say(f"submitting job {record.job_name} ({options.total_runs} runs on {options.N_tasks} "
@@ -273,7 +275,7 @@ def _keeps_positions(old: RunSpace, new: RunSpace) -> bool:
     return new.dims[0] > old.dims[0] and new.dims[1:] == old.dims[1:]
 
 
-def _imported_launch(job: Job, state: JobState, space: RunSpace) -> dict[str, bytes]:
+def _imported_launch(job: Job, state: JobState, runs: Any, space: RunSpace) -> dict[str, bytes]:
     """The files of launch 1 of a job that extends ``job``: its runs, ended, with ``job``'s
     merged tally as the launch's result (read like any ended launch's)."""
     files = JobFiles("")
@@ -281,7 +283,7 @@ def _imported_launch(job: Job, state: JobState, space: RunSpace) -> dict[str, by
     note = {"backend": "local", "pid": 0, "imported_from": job.name, "N_runs": job.record.N_runs}
     return {
         folder(files.creator(1)): json.dumps({**Creator.now(), "backend": "local", "imported_from": job.name}).encode(),
-        folder(files.runs(1)): LaunchPlan(job.space.all()).to_bytes(space),
+        folder(files.runs(1)): LaunchPlan(runs).to_bytes(space),
         folder(files.launch(1)): json.dumps(note).encode(),
         folder(files.result(1)): pickle.dumps(state.tally, protocol=PICKLE_PROTOCOL),
         folder(files.exit_code(1)): b"0",

@@ -252,6 +252,7 @@ def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
         "crashes": [crash_summary(state, crash) for crash in state.crashes[:LISTED_IDS]],
         "launches": [launch_summary(launch) for launch in state.launches],
         "fatal": state.fatal,
+        "target": state.target,
         "problems": list(state.problems),
         "result": result_summary(result),
     }

@@ -48,6 +48,7 @@ from parallelaverage.jobfiles.trust import load_pickle, write_pickle
 from parallelaverage.runspace import Positions, RunSpace
 from parallelaverage.stats import Welford
 from parallelaverage._accumulator import add_prepared_all, from_spec, parse_spec, prepare_all, specs_for
+from parallelaverage._target import TargetWatch
 from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage._launch_check import world_mismatch
 from parallelaverage.errors import say
@@ -379,7 +380,11 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
     previous = now()
     next_status = previous + every_s
     slow = True
+    watch = TargetWatch(files, attempt, *payload.target) if payload.target and rank == 0 else None
+    stopped = False  # target_error reached: the runs left are claimed, not run, so every rank's claims end
     for position, run in _runs_for_rank(_Plan(plan.positions, space), payload, comm):
+        if stopped:
+            continue
         slots[in_flight] = position
         if slow:  # runs of a millisecond or more: child processes see the run id too
             putenv("RUN_ID", str(run))
@@ -407,6 +412,8 @@ def execute(files: JobFiles, attempt: int, comm: Any, status: RankStatus, payloa
             next_status = moment + every_s
         elif clock.next_at == 0.0:  # the first snapshot, after the first run
             snapshot()
+        if watch is not None and watch.due(moment) and watch.reached(recorder.tally, rank):
+            stopped = True
     patiently(snapshot)
     if writer is not None:
         writer.close()

@@ -67,7 +67,7 @@ RANK_SIDE = {"parallelaverage.worker", "parallelaverage.mpi", "parallelaverage._
              "parallelaverage._atomic", "parallelaverage._packed", "parallelaverage._welford",
              "parallelaverage._accumulator", "parallelaverage._moments", "parallelaverage._momentkernels",
              "parallelaverage._batches", "parallelaverage._histogram", "parallelaverage._binning",
-             "parallelaverage._collective"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
+             "parallelaverage._collective", "parallelaverage._target"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
 
 
 def in_group(module: str, prefixes: tuple[str, ...]) -> bool:
