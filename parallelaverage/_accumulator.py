@@ -430,3 +430,7 @@ def add_prepared_all(accumulators: Mapping[str, Accumulator], prepared: Sequence
             accumulator._add_prepared(item, key)
         else:
             accumulator._add_prepared(item)
+
+
+# Public as parallelaverage.stats.Accumulator: pickles, reprs and the docs name it there.
+Accumulator.__module__ = "parallelaverage.stats"

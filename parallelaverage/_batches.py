@@ -326,3 +326,7 @@ def _leave_one_out(accs: list[Welford]) -> list[Welford]:
         suffix[j] = running
         running = running + accs[j]
     return [prefix[j] + suffix[j] for j in range(n)]
+
+
+# Public as parallelaverage.stats.Batches and .JackknifeEstimate: pickles, reprs and the docs name them there.
+Batches.__module__ = JackknifeEstimate.__module__ = "parallelaverage.stats"

@@ -292,3 +292,7 @@ class LogBinning(Accumulator):
         chosen, _ = self._chosen()
         times = self.autocorrelation_times.reshape(self.levels, -1)
         return self._obs(times[chosen, np.arange(times.shape[1])])
+
+
+# Public as parallelaverage.stats.LogBinning: pickles, reprs and the docs name it there.
+LogBinning.__module__ = "parallelaverage.stats"

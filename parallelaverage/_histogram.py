@@ -304,3 +304,7 @@ def _unlimited_add(m1: np.ndarray, e1: np.ndarray, m2: np.ndarray, e2: np.ndarra
     total = np.ldexp(m1, (e1 - e).astype(np.int64).clip(-2000, 0)) + np.ldexp(m2, (e2 - e).astype(np.int64).clip(-2000, 0))
     mantissa, shift = np.frexp(total)
     return mantissa, np.where(mantissa == 0.0, 0.0, e + shift)
+
+
+# Public as parallelaverage.stats.Histogram: pickles, reprs and the docs name it there.
+Histogram.__module__ = "parallelaverage.stats"

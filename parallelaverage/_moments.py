@@ -563,3 +563,7 @@ class Covariance(_Shifted):
         with np.errstate(invalid="ignore", divide="ignore"):
             correlation = matrix / np.outer(scale, scale)
         return self._square(np.clip(correlation, -1.0, 1.0))
+
+
+# Public as parallelaverage.stats.Moments and .Covariance: pickles, reprs and the docs name them there.
+Moments.__module__ = Covariance.__module__ = "parallelaverage.stats"

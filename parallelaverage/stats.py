@@ -38,11 +38,6 @@ from parallelaverage._welford import ESTIMATORS, WeightedSample, Welford, _promo
 __all__ = ["Welford", "WeightedSample", "ESTIMATORS", "Covariance", "Moments", "SKEWNESS_ESTIMATORS", "Batches",
            "jackknife", "JackknifeEstimate", "Histogram", "LogBinning", "Accumulator", "from_spec"]
 
-# The classes live in private modules; they are public here, and pickles, reprs and the
-# docs name them here.
-for _public in (Welford, WeightedSample, Covariance, Moments, Batches, JackknifeEstimate, Histogram, LogBinning,
-                Accumulator):
-    _public.__module__ = __name__
-del _public
-
+# The classes live in private modules, each of which names its classes as this module's
+# (__module__): pickles, reprs and the docs say parallelaverage.stats.<Class>.
 _ = _promote_to_complex  # used by parallelaverage.mpi through this module
