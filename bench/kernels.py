@@ -14,6 +14,15 @@ size. The functions of one size are timed in turn, round after round (21 rounds,
 when a call takes > 5 ms), and each ratio is the median over the rounds of the
 ratio within a round, which cancels load changes on a shared machine. The last line
 printed is one JSON object of the figures.
+
+The accumulators of statistics=() are measured the same way. Moments of order 4 over k
+elements (state: shift, mean, u2, u3, u4) and the covariance of d elements (state:
+shift, mean and the d (d + 1) / 2 upper triangle) are timed against ``np.add(a, b,
+out=a)`` on arrays as long as their state's element sections ("over the same bytes":
+an add reads the state and writes most of it, as np.add reads a and b and writes a),
+for their compiled add and merge loops and the numpy twins; "public add" is the whole
+``Moments.add`` / ``Covariance.add`` with its header arithmetic in Python, whose fixed
+cost (a few us) dominates small samples.
 """
 
 from __future__ import annotations
@@ -26,8 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from parallelaverage import _kernels, _packed
-from parallelaverage.stats import Welford
+from parallelaverage import _kernels, _momentkernels, _packed
+from parallelaverage.stats import Covariance, Moments, Welford
 
 
 def per_call_s(function, min_repeat_s: float = 0.02, repeats: int = 21) -> float:
@@ -132,6 +141,59 @@ def small_sample_add_us() -> dict[str, float]:
     return {"add10_us": plain * 1e6, "add10_weighted_us": weighted * 1e6, "add_python_float_us": scalar * 1e6}
 
 
+def _filled(make: Callable[[], object], x: np.ndarray, samples: int = 64) -> object:
+    """An accumulator with ``samples`` samples around ``x``: its state is in steady use."""
+    acc = make()
+    rng = np.random.default_rng(1)
+    for _ in range(samples):
+        acc.add(x + rng.standard_normal(x.size))  # type: ignore[attr-defined]
+    return acc
+
+
+def measure_accumulator(kind: str, size: int) -> dict[str, float]:
+    """A compiled add and merge of Moments (order 4, ``size`` elements) or Covariance
+    (``size`` = d) against np.add over arrays as long as the state's element sections."""
+    rng = np.random.default_rng(0)
+    x = 1e6 + rng.standard_normal(size)
+    make = Moments if kind == "moments" else Covariance
+    acc, other = _filled(make, x), _filled(make, x)
+    state, theirs = acc._state, other._state  # type: ignore[attr-defined]
+    body = state.size - _packed.HEADER
+    a, b = np.zeros(body), np.ones(body)
+    if kind == "moments":
+        coefficients = (1e-3, 0.999, 0.03, 0.998, 0.003, 0.997, 0.004, 6e-6)
+        merge_coefficients = (0.5, 0.5, 0.49, 0.49, 0.7, 0.0, 0.25, 0.25, 0.25, 0.12, 0.12)
+        add, merge = _momentkernels.moments_add, _momentkernels.moments_merge
+        add_twin, merge_twin = _momentkernels.moments_add_reference, _momentkernels.moments_merge_reference
+    else:
+        coefficients = (1e-3, 0.999, 0.03)
+        merge_coefficients = (0.5, 0.5, 0.49, 0.49, 0.7)
+        add, merge = _momentkernels.covariance_add, _momentkernels.covariance_merge
+        add_twin, merge_twin = _momentkernels.covariance_add_reference, _momentkernels.covariance_merge_reference
+    public = acc.copy()  # type: ignore[attr-defined]
+    functions: dict[str, Callable[[], object]] = {
+        "np.add": lambda: np.add(a, b, out=a),
+        "add": lambda: add(state, x, coefficients, False),
+        "merge": lambda: merge(state, state, theirs, merge_coefficients),
+        "public add": lambda: public.add(x),
+    }
+    if body <= 10**6:
+        functions["add twin"] = lambda: add_twin(state, x, coefficients, False)
+        functions["merge twin"] = lambda: merge_twin(state, state, theirs, merge_coefficients)
+    seconds = interleaved_s(functions)
+    nan = float("nan")
+    return {
+        "kind": kind, "size": size, "state_values": body,
+        "np_add_ns_per_value": statistics.median(seconds["np.add"]) / body * 1e9,
+        "add_ratio": ratio(seconds, "add", "np.add"),
+        "merge_ratio": ratio(seconds, "merge", "np.add"),
+        "public_add_us": statistics.median(seconds["public add"]) * 1e6,
+        "add_us": statistics.median(seconds["add"]) * 1e6,
+        "twin_add_ratio": ratio(seconds, "add twin", "np.add") if "add twin" in seconds else nan,
+        "twin_merge_ratio": ratio(seconds, "merge twin", "np.add") if "merge twin" in seconds else nan,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
@@ -148,7 +210,18 @@ def main() -> None:
     small = small_sample_add_us()
     print(f"Welford.add of a 10-element sample: {small['add10_us']:.3f} us "
           f"(weighted {small['add10_weighted_us']:.3f} us; a Python float {small['add_python_float_us']:.3f} us)")
-    print(json.dumps({"bench": "kernels", "native": _kernels.NATIVE, "sizes": rows, **small}))
+    cases = [("moments", k) for k in ([10, 10**3, 10**5] if args.quick else [10, 10**3, 10**5, 10**6])]
+    cases += [("covariance", d) for d in ([10, 100] if args.quick else [10, 100, 1000])]
+    accumulators = [measure_accumulator(kind, size) for kind, size in cases]
+    print(f"\nstatistics=() accumulators, compiled loops: {_momentkernels.NATIVE}")
+    print(f"{'kind':>10} {'size':>8} {'state values':>13} {'np.add ns/val':>14} {'add/np.add':>11} {'merge/np.add':>13} "
+          f"{'add us':>9} {'public add us':>14} {'twin add':>9} {'twin merge':>11}")
+    for r in accumulators:
+        print(f"{r['kind']:>10} {r['size']:>8} {r['state_values']:>13} {r['np_add_ns_per_value']:>14.3f} "
+              f"{r['add_ratio']:>10.2f}x {r['merge_ratio']:>12.2f}x {r['add_us']:>9.3f} {r['public_add_us']:>14.3f} "
+              f"{r['twin_add_ratio']:>8.2f}x {r['twin_merge_ratio']:>10.2f}x")
+    print(json.dumps({"bench": "kernels", "native": _kernels.NATIVE, "sizes": rows, **small,
+                      "accumulators": accumulators}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ _WHERE = {
     "OptionTypeError": "errors", "ArgumentError": "errors", "SubmissionError": "errors",
     "LaunchError": "errors", "RunsFailedError": "errors", "ReadOnlyDatabaseError": "errors",
     "CorruptFileError": "errors", "JobNotFoundError": "errors", "LockTimeoutError": "errors",
+    "StatisticNotCollectedError": "errors", "plot_histogram": "plotting",
 }
 __all__ = list(_WHERE)
 
@@ -55,9 +56,9 @@ if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs: the same names, im
         ArgumentError, CodeChangedWarning, CorruptFileError, JobEndedWarning, JobNotFoundError,
         JobWarning, LaunchError, LockTimeoutError, NoJobError, NotReadyWarning, OptionError,
         OptionTypeError, ParallelAverageError, ReadOnlyDatabaseError, RunsFailedError,
-        RunsFailedWarning, SubmissionError, UntrustedFileError,
+        RunsFailedWarning, StatisticNotCollectedError, SubmissionError, UntrustedFileError,
     )
     from parallelaverage.job import Job
-    from parallelaverage.plotting import plot_average
+    from parallelaverage.plotting import plot_average, plot_histogram
     from parallelaverage.results import AveragedResult, RunOutputs
     from parallelaverage.stats import WeightedSample, Welford

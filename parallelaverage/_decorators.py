@@ -13,14 +13,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import pickle
 from typing import Any, Callable, Iterable, Mapping
 
 import cloudpickle
 
 from parallelaverage import _testhooks
-from parallelaverage.jobfiles.layout import Creator, LaunchPlan
+from parallelaverage._accumulator import recorded_statistics
+from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
 from parallelaverage._options import JobOptions, parse_options
 from parallelaverage.jobfiles.payload import Payload
+from parallelaverage.jobfiles.trust import PICKLE_PROTOCOL
+from parallelaverage.runspace import RunSpace
 from parallelaverage._state import JobState
 from parallelaverage.errors import ArgumentError, CodeChangedWarning, NoJobError, say, warn
 from parallelaverage.job import Job, start_batch
@@ -65,9 +69,9 @@ class ParallelFunction:
         return f"<{kind} {self._function.__qualname__}, {self._options.total_runs} runs on {self._options.N_tasks} ranks>"
 
     # ----------------------------------------------------------------- helpers
-    def _key(self, args: tuple, kwargs: dict) -> Any:
+    def _key(self, args: tuple, kwargs: dict, N_runs: Any = None) -> Any:
         average = self._options.average
-        return call_key(self._function, args, kwargs, N_runs=self._options.N_runs,
+        return call_key(self._function, args, kwargs, N_runs=self._options.N_runs if N_runs is None else N_runs,
                         average_results="keep" if average is None else average)
 
     def _database(self) -> JobDatabase:
@@ -77,7 +81,7 @@ class ParallelFunction:
         options = self._options
         payload = Payload(self._function, args, kwargs, options.average,
                           options.keep_runs or options.average is None, options.encoding, seed,
-                          options.dynamic_load_balancing)
+                          options.dynamic_load_balancing, statistics=options.statistics, target=options.target)
         payload.capture_sources(tuple(m.__name__ for m in options.pickle_by_value))
         for module in options.pickle_by_value:
             cloudpickle.register_pickle_by_value(module)
@@ -92,33 +96,61 @@ class ParallelFunction:
             for module in options.pickle_by_value:
                 cloudpickle.unregister_pickle_by_value(module)
 
-    def _submit(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> Job | None:
+    def _submit(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool,
+                base: tuple[Job, JobState] | None = None) -> Job | None:
         """Create the call's job with its first launch folder and start it; None if
-        another caller's job answers the call (``force``: a new job regardless)."""
-        job = self._create(db, key, args, kwargs, force)
+        another caller's job answers the call (``force``: a new job regardless).
+
+        ``base``: a completed job of this call with fewer runs (:meth:`_extension_base`):
+        its runs become the new job's first launch, already ended (its merged tally as
+        the launch's result), and the new job runs only the other runs, with its seed.
+        """
+        job = self._create(db, key, args, kwargs, force, base)
         if job is None:
             return None
         options = self._options
-        say(f"submitting job {job.name} ({options.total_runs} runs on {options.N_tasks} "
-            f"MPI ranks, {options.resolved_queuing_system()})")
-        job.start(1, options.resolved_queuing_system(), options.N_tasks, dict(options.queue_options))
+        queuing_system = options.resolved_queuing_system()
+        first = job.files.attempts()[-1]
+        if base is not None:
+            new_runs = len(job.files.read_plan(first, job.space).positions)
+            say(f"submitting job {job.name} ({new_runs} runs on {options.N_tasks} MPI ranks, "
+                f"{queuing_system}); its other {len(job.space.all()) - new_runs} runs are those of job "
+                f"{base[0].name}, the same call with N_runs={base[0].record.N_runs}: same seed, same streams")
+        else:
+            say(f"submitting job {job.name} ({options.total_runs} runs on {options.N_tasks} "
+                f"MPI ranks, {queuing_system})")
+        job.start(first, queuing_system, options.N_tasks, dict(options.queue_options))
         return job
 
-    def _create(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool) -> Job | None:
+    def _create(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict, force: bool,
+                base: tuple[Job, JobState] | None = None) -> Job | None:
         """Create the call's job with its first launch folder (not started yet); None if
         another caller's job answers the call (``force``: a new job regardless)."""
         options = self._options
         seed = options.seed if options.seed is not None else int(hashlib.sha256(key.digest.encode()).hexdigest()[:8], 16)
+        if base is not None:
+            seed = int(base[0].record.options["seed"])  # the old runs' streams: the same for the same run ids
         payload = self._payload(args, kwargs, seed)
         queuing_system = options.resolved_queuing_system()
         recorded = {**options.recorded(), "average": options.average, "seed": seed}
         space = options.space
-        files = {
-            "payload.pkl": payload,
-            # the first launch exists with the job: its creator is known from the start
-            "attempts/1/creator.json": json.dumps({**Creator.now(), "backend": queuing_system}).encode(),
-            "attempts/1/runs.json": LaunchPlan(space.all()).to_bytes(space),
-        }
+        creator = json.dumps({**Creator.now(), "backend": queuing_system}).encode()
+        first = 1
+        files = {"payload.pkl": payload}
+        if base is not None:
+            old_job, old_state = base
+            # its runs keep their positions in the larger space (_extension_base checks it); those it
+            # did not run (it stopped at its target error) are run now, with the new ones
+            old = old_state.done.union(old_state.failed_positions)
+            recorded["extends"] = {"job": old_job.name, "N_runs": old_job.record.N_runs}
+            files.update(_imported_launch(old_job, old_state, old, space))
+            first = 2
+            new_runs = space.all() - old
+        else:
+            new_runs = space.all()
+        # the first launch exists with the job: its creator is known from the start
+        files[f"attempts/{first}/creator.json"] = creator
+        files[f"attempts/{first}/runs.json"] = LaunchPlan(new_runs).to_bytes(space)
 
         def make_record(name: str) -> JobRecord:
             return new_record(key, name, code_hash=code_hash(self._function),
@@ -131,6 +163,7 @@ class ParallelFunction:
             record, created = db.get_or_create(key, make_record, files=files)
         if not created:
             return None
+        db.note_family(self._key(args, kwargs, 1).digest, record.job_name)  # for a later call with more runs
         _testhooks.hook("job_created")
         return Job(db, record)
 
@@ -179,6 +212,42 @@ class ParallelFunction:
             start_batch(db, created, options.resolved_queuing_system(), n_tasks, dict(options.queue_options))
         return results
 
+    def _extension_base(self, db: JobDatabase, key: Any, args: tuple, kwargs: dict) -> tuple[Job, JobState] | None:
+        """The completed job of this very call with the most runs, fewer than ``N_runs``,
+        whose runs the call can keep (see docs/workflow.md, "More runs for a cached
+        call"): the same function, arguments, averaged elements and statistics, code
+        unchanged, its seed (the call's own seed, if one is given), outputs not kept, and
+        its run ids the first ones of this call's (``N_runs`` larger, or for index tuples
+        a larger first dimension). None if there is none."""
+        options = self._options
+        if options.average is None or options.keep_runs:
+            return None  # kept outputs would have to be carried over: not (yet) done
+        space = options.space
+        best: tuple[Job, JobState] | None = None
+        for name in db.family_jobs(self._key(args, kwargs, 1).digest):
+            try:
+                record = db.load(name)
+                old_space = RunSpace(record.N_runs)
+            except (OSError, ValueError, TypeError):
+                continue
+            if record.function != key.function or not _keeps_positions(old_space, space) or (
+                    best is not None and old_space.total <= best[0].space.total):
+                continue
+            seed = record.options.get("seed")
+            if (options.seed is not None and seed != options.seed) or not isinstance(seed, int) \
+                    or record.options.get("statistics", []) != recorded_statistics(options.statistics) \
+                    or record.options.get("keep_runs") or record.options.get("encoding", "pickle") != options.encoding:
+                continue
+            if record.key_digest != self._key(args, kwargs, old_space.option).digest:
+                continue  # another call of the same function
+            if code_changes(self._function, record.code_hash, record.code_parts):
+                continue  # its runs ran other code
+            job = Job(db, record)
+            state = job.state()
+            if state.status == "completed":
+                best = (job, state)
+        return best
+
     def _relaunch(self, job: Job, status: str) -> None:
         """Launch again a job whose submission failed or never happened."""
         options = self._options
@@ -207,7 +276,8 @@ class ParallelFunction:
         if action in ("auto", "wait"):
             record = db.lookup(key)
             if record is None:
-                job = self._submit(db, key, args, kwargs, force=False)
+                base = self._extension_base(db, key, args, kwargs)
+                job = self._submit(db, key, args, kwargs, force=False, base=base)
                 if job is not None and action == "auto":
                     return None
                 record = job.record if job is not None else db.lookup(key)
@@ -251,6 +321,29 @@ class ParallelFunction:
 
 def _plain_function(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
+
+
+def _keeps_positions(old: RunSpace, new: RunSpace) -> bool:
+    """Whether every run of ``old`` has the same position in the larger ``new``: more runs
+    (``N_runs=n``), or for index tuples a larger first dimension and the same others."""
+    if old.flat != new.flat or len(old.dims) != len(new.dims):
+        return False
+    return new.dims[0] > old.dims[0] and new.dims[1:] == old.dims[1:]
+
+
+def _imported_launch(job: Job, state: JobState, runs: Any, space: RunSpace) -> dict[str, bytes]:
+    """The files of launch 1 of a job that extends ``job``: its runs, ended, with ``job``'s
+    merged tally as the launch's result (read like any ended launch's)."""
+    files = JobFiles("")
+    folder = lambda path: "attempts/1/" + path.name  # noqa: E731 - the names JobFiles gives, in the new job
+    note = {"backend": "local", "pid": 0, "imported_from": job.name, "N_runs": job.record.N_runs}
+    return {
+        folder(files.creator(1)): json.dumps({**Creator.now(), "backend": "local", "imported_from": job.name}).encode(),
+        folder(files.runs(1)): LaunchPlan(runs).to_bytes(space),
+        folder(files.launch(1)): json.dumps(note).encode(),
+        folder(files.result(1)): pickle.dumps(state.tally, protocol=PICKLE_PROTOCOL),
+        folder(files.exit_code(1)): b"0",
+    }
 
 
 class _BoundParallelFunction:
@@ -299,7 +392,14 @@ def parallel_average(N_runs: int | tuple[int, ...], N_tasks: int, average_result
     runs finished so far); a function returning a tuple gets a tuple of results.
     ``average_results`` names the tuple elements to average ("all" by default; the
     others are kept from the last run). ``keep_runs=True`` also keeps every output.
-    Other options as for :func:`parallel`.
+    ``statistics=(...)`` collects more of each averaged element, merged like the mean:
+    ``"covariance"``, ``"moments"``, ``"jackknife:20"``, ``"histogram:bins=50,range=(0,1)"``,
+    ``"autocorrelation"`` (specs of :func:`parallelaverage.stats.from_spec`; a mapping
+    ``{element: specs}`` for some tuple elements only); the result has them as
+    ``.covariance``, ``.skewness``, ``.jackknife(f)``, ``.histogram``,
+    ``.autocorrelation_time``... They are not part of the call's identity: a call that
+    asks for other statistics than its job collected gets the job's result, which says
+    what it lacks. Other options as for :func:`parallel`.
 
     Raises:
         OptionError, OptionTypeError: an invalid option, at decoration time.

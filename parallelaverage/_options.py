@@ -15,6 +15,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from parallelaverage._accumulator import check_statistics, recorded_statistics
+from parallelaverage._target import checked_target
 from parallelaverage.backends.slurm_options import check_slurm_options
 from parallelaverage.errors import OptionError
 from parallelaverage.runspace import RunSpace
@@ -23,7 +25,7 @@ __all__ = ["JobOptions", "parse_options"]
 
 QUEUING_SYSTEMS = ("auto", "local", "slurm")
 ENCODINGS = ("pickle", "json")
-AVERAGE_ONLY = ("keep_runs", "average_results")
+AVERAGE_ONLY = ("keep_runs", "average_results", "statistics", "target_error", "target_relative_error")
 """Options of ``@parallel_average`` that ``@parallel`` (which keeps every output) refuses."""
 
 
@@ -42,6 +44,8 @@ class JobOptions:
     seed: int | None
     pickle_by_value: tuple[types.ModuleType, ...]
     queue_options: Mapping[str, Any] = field(default_factory=dict)
+    statistics: Any = ()  # canonical specs: a tuple for every averaged element, or {element: tuple}
+    target: tuple[str, float] | None = None  # ("absolute" | "relative", error): stop once below (target_error=)
 
     @property
     def space(self) -> RunSpace:
@@ -62,6 +66,8 @@ class JobOptions:
             "dynamic_load_balancing": self.dynamic_load_balancing, "encoding": self.encoding,
             "queuing_system": self.queuing_system, "seed": self.seed,
             "queue_options": dict(self.queue_options),
+            "statistics": recorded_statistics(self.statistics),
+            "target_error": None if self.target is None else {"kind": self.target[0], "error": self.target[1]},
         }
 
 
@@ -157,10 +163,28 @@ def parse_options(N_runs: Any, N_tasks: Any, *, average: Any, keep_runs: Any,
     for module in by_value:
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"pickle_by_value: {module!r} is not a module; pass imported modules")
+    averaged = None if average is None else _check_average(average)
+    statistics = check_statistics(options.pop("statistics", ()), averaged)
+    target = _check_target(options.pop("target_error", None), options.pop("target_relative_error", None), dynamic)
     check_slurm_options(options)  # also for local jobs: the same code may run on a cluster later
     return JobOptions(
-        N_runs=n_runs, N_tasks=N_tasks, average=None if average is None else _check_average(average),
+        N_runs=n_runs, N_tasks=N_tasks, average=averaged,
         keep_runs=_check_bool("keep_runs", keep_runs), dynamic_load_balancing=dynamic,
         encoding=encoding, path=path, queuing_system=queuing_system, seed=seed,
-        pickle_by_value=by_value, queue_options=options,
+        pickle_by_value=by_value, queue_options=options, statistics=statistics, target=target,
     )
+
+
+def _check_target(absolute: Any, relative: Any, dynamic: bool) -> tuple[str, float] | None:
+    """``target_error=`` / ``target_relative_error=`` as ``(kind, error)``, or None."""
+    if absolute is None and relative is None:
+        return None
+    if absolute is not None and relative is not None:
+        raise OptionError("target_error and target_relative_error: give one of them (an error, or an error "
+                          "relative to each element's |mean|)")
+    if not dynamic:
+        raise OptionError("target_error needs dynamic_load_balancing=True: the job stops by emptying the shared "
+                          "run counter, which static blocks do not use")
+    if absolute is not None:
+        return "absolute", checked_target(absolute, "target_error")
+    return "relative", checked_target(relative, "target_relative_error")

@@ -68,6 +68,7 @@ class LaunchState:
     cancelled: bool = False
     crashes: list[Crash] = field(default_factory=list)  # read once the launch has ended
     history: list[str] = field(default_factory=list)  # how each earlier life of a requeued launch ended
+    target: dict[str, Any] | None = None  # its target.json: it reached its target error (target_error=)
 
     @property
     def live(self) -> bool:
@@ -163,6 +164,7 @@ class JobState:
     problems: list[str] = field(default_factory=list)
     fatal: str | None = None
     light: bool = False  # the live launches' tallies hold only their earlier lives (see counts())
+    target: dict[str, Any] | None = None  # a launch reached the target error: its target.json
 
     # views in run ids, for results, the command line and the viewer
     @property
@@ -408,8 +410,10 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
         for rank in ranks:
             if rank.error:
                 problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
+    target = files.read_json(files.target(attempt))
     return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks if member is None else [], problems,
-                       message, exit_code, cancelled, crashes, _history(files, attempt, lives))
+                       message, exit_code, cancelled, crashes, _history(files, attempt, lives),
+                       target if isinstance(target, dict) else None)
 
 
 def _history(files: JobFiles, attempt: int, lives: list[int]) -> list[str]:
@@ -486,6 +490,9 @@ def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float
     crashed = crashed - pending
     missing = space.all() - done - failed
     live = any(launch.live for launch in launches)
+    reached = next((launch.target for launch in reversed(launches) if launch.target), None)
+    if reached is not None and not live:
+        missing = Positions()  # the target error was reached: the runs left are not needed (target_error=)
     latest = launches[-1] if launches else None
     fatal = latest.message if latest is not None and latest.phase in ("ended", "submit_failed", "abandoned") else None
     if live:
@@ -503,4 +510,5 @@ def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float
         status = "not_launched"
     else:
         status = "ended"
-    return JobState(status, space, tally, done, failed, crashed, pending, missing, launches, problems, fatal)
+    return JobState(status, space, tally, done, failed, crashed, pending, missing, launches, problems, fatal,
+                    target=reached)

@@ -110,12 +110,60 @@ def _series(mean: np.ndarray, error: np.ndarray, points: int) -> dict[str, Any] 
             "error": _numbers(np.broadcast_to(error, mean.shape)[::step])}
 
 
+MAX_LISTED_VALUES = 64
+"""Per-element statistics (skewness, correlations...) are listed for at most this many
+elements; larger results give ``null`` there (the full arrays are in Python)."""
+
+
+def _values(value: Any) -> Any:
+    """A statistic as JSON: a number, a (nested) list of at most MAX_LISTED_VALUES numbers, or None."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        return json_number(array)
+    if array.size > MAX_LISTED_VALUES:
+        return None
+    return [_values(row) for row in array] if array.ndim > 1 else _numbers(array)
+
+
+def _statistic_summary(kind: str, acc: Any) -> dict[str, Any]:
+    """What the command line and the viewer show of one ``statistics=`` accumulator."""
+    summary: dict[str, Any] = {"spec": acc.spec, "count": int(acc.count)}
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if kind == "covariance":
+            summary["correlation"] = _values(acc.correlation)
+        elif kind == "moments":
+            summary["skewness"] = _values(acc.skewness) if acc.order >= 3 else None
+            summary["excess_kurtosis"] = _values(acc.excess_kurtosis) if acc.order >= 4 else None
+        elif kind == "jackknife":
+            summary["batches"] = acc.batches
+            summary["counts"] = acc.counts.tolist()
+        elif kind == "histogram":
+            counts = acc.counts
+            per_element = counts.ndim > 1
+            summary["edges"] = _numbers(acc.edges)
+            summary["counts"] = counts.reshape(-1, counts.shape[-1]).sum(axis=0).tolist()
+            summary["weights"] = _numbers(acc.weights.reshape(-1, counts.shape[-1]).sum(axis=0)) if acc._weighted else None
+            summary["summed_over_elements"] = per_element
+            summary["underflow"], summary["overflow"], summary["nan"] = (
+                int(np.sum(acc.underflow)), int(np.sum(acc.overflow)), int(np.sum(acc.nan)))
+        elif kind == "autocorrelation":
+            summary["autocorrelation_time"] = _values(acc.autocorrelation_time)
+            summary["error"] = _values(acc.error)
+            summary["naive_error"] = _values(acc.naive_error)
+            summary["converged"] = bool(np.all(acc.converged))
+    return summary
+
+
+def _statistics_summary(element: AveragedResult) -> dict[str, Any]:
+    return {kind: _statistic_summary(kind, acc) for kind, acc in element.statistics.items() if acc.count}
+
+
 def _element_summary(index: int, element: Any, plot_points: int | None) -> dict[str, Any]:
     """One element of a result: an average (mean, error, range) or a value kept as is."""
     if not isinstance(element, AveragedResult):
         return {"index": index, "averaged": False, "type": type(element).__name__, "text": describe_value(element),
                 "shape": None, "count": None, "mean": None, "error": None, "variance": None,
-                "min": None, "max": None, "error_max": None, "series": None}
+                "min": None, "max": None, "error_max": None, "series": None, "statistics": {}}
     mean, error = np.asarray(element.data), np.asarray(element.estimated_error)
     scalar = mean.ndim == 0
     mean_range, error_range = array_range(mean), array_range(error)
@@ -127,6 +175,7 @@ def _element_summary(index: int, element: Any, plot_points: int | None) -> dict[
         "min": mean_range[0] if mean_range else None, "max": mean_range[1] if mean_range else None,
         "error_max": error_range[1] if error_range else None,
         "series": _series(mean, error, plot_points) if plot_points else None,
+        "statistics": _statistics_summary(element),
     }
 
 
@@ -203,6 +252,7 @@ def detail_summary(job: Job, state: JobState, result: Any) -> dict[str, Any]:
         "crashes": [crash_summary(state, crash) for crash in state.crashes[:LISTED_IDS]],
         "launches": [launch_summary(launch) for launch in state.launches],
         "fatal": state.fatal,
+        "target": state.target,
         "problems": list(state.problems),
         "result": result_summary(result),
     }

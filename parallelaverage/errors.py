@@ -24,7 +24,7 @@ __all__ = [
     "ParallelAverageError", "OptionError", "OptionTypeError", "ArgumentError",
     "NoJobError", "JobNotFoundError", "CorruptFileError", "LockTimeoutError",
     "UntrustedFileError", "ReadOnlyDatabaseError", "SubmissionError", "LaunchError",
-    "RunsFailedError",
+    "RunsFailedError", "StatisticNotCollectedError",
     "JobWarning", "NotReadyWarning", "RunsFailedWarning", "JobEndedWarning", "CodeChangedWarning",
 ]
 
@@ -101,6 +101,12 @@ class JobNotFoundError(ParallelAverageError, LookupError):
 
     def __reduce__(self) -> tuple[type[JobNotFoundError], tuple[str, str]]:
         return (type(self), (self.job_name, self.root))
+
+
+class StatisticNotCollectedError(ParallelAverageError, AttributeError):
+    """A result was asked for a statistic (``.covariance``, ``.jackknife``...) that its job did
+    not collect: the message names what it did collect and the option that collects it.
+    An ``AttributeError``, so ``hasattr(result, "covariance")`` says whether it is there."""
 
 
 class CorruptFileError(ParallelAverageError, ValueError):

@@ -502,6 +502,7 @@ def build_result(files: JobFiles, state: JobState, job_name: str, average: Any, 
             return AveragedResult(
                 acc.mean, acc.sem, acc.variance, successful_run_ids=successful, failed_run_ids=failed,
                 runs=outputs, job_name=job_name, count=acc.count, total_weight=acc.total_weight,
+                statistics=group.statistics.get(index),
             )
 
     length = group.layout[0]

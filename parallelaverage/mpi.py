@@ -173,7 +173,10 @@ def _gather_layouts(acc: Welford, comm: MPI.Intracomm) -> tuple[set[tuple[tuple[
 def allreduce(acc: Welford, comm: MPI.Intracomm | None = None, *, inplace: bool = False) -> Welford:
     """Merge the accumulators of all ranks; every rank gets the merged result.
 
-    Collective. Ranks that saw no sample may pass an empty ``Welford``. The states are
+    Collective. Ranks that saw no sample may pass an empty ``Welford``. The other
+    accumulators of :mod:`parallelaverage.stats` (``Covariance``, ``Moments``, ``Batches``,
+    ``Histogram``, ``LogBinning``) merge the same way, in one ``MPI_Allreduce`` of their
+    packed state (:mod:`parallelaverage._collective`). The Welford states are
     merged by the native Chan merge (the same as :meth:`Welford.merge`), so the result
     equals a serial merge of the ranks' accumulators to rounding. States under
     ``SPLIT_MIN_BYTES_PER_RANK`` bytes per rank travel in one ``MPI_Allreduce`` with a
@@ -197,6 +200,10 @@ def allreduce(acc: Welford, comm: MPI.Intracomm | None = None, *, inplace: bool 
         ValueError: ranks accumulated samples of different shapes (raised on every rank).
     """
     comm = MPI.COMM_WORLD if comm is None else comm
+    if not isinstance(acc, Welford):  # Covariance, Moments, Batches, Histogram, LogBinning: one generic collective
+        from parallelaverage import _collective
+
+        return _collective.allreduce(acc, comm, inplace=inplace)
     layouts, headers = _gather_layouts(acc, comm)
     if not layouts:
         return Welford()

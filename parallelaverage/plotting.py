@@ -1,4 +1,5 @@
-"""``plot_average``: a mean with its error band, on matplotlib (``pip install parallelaverage[plot]``)."""
+"""``plot_average`` (a mean with its error band) and ``plot_histogram`` (a histogram of the
+runs' outputs, with error bars), on matplotlib (``pip install parallelaverage[plot]``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_average"]
+__all__ = ["plot_average", "plot_histogram"]
 
 
 def _pyplot() -> Any:
@@ -58,3 +59,55 @@ def plot_average(x: Any, result: Any, ax: Any = None, label: str | None = None, 
     band = ax.fill_between(xs, mean - error, mean + error, where=finite, color=line.get_color(),
                            alpha=alpha, linewidth=0)
     return line, band
+
+
+def plot_histogram(result: Any, ax: Any = None, element: Any = None, density: bool = False, label: str | None = None,
+                   color: Any = None, errors: bool = True, **kwargs: Any) -> tuple[Any, Any]:
+    """Draw the histogram of a result's outputs as steps, with each bin's statistical error.
+
+    Args:
+        result: An ``AveragedResult`` of a job with ``statistics=("histogram:...",)``, or a
+            :class:`parallelaverage.stats.Histogram`.
+        ax: The matplotlib axes to draw on; the current axes by default.
+        element: Which element's histogram, for array outputs histogrammed element by
+            element (an index into the output's shape); None for scalar outputs and pooled
+            histograms.
+        density: Draw :meth:`Histogram.density` (integrates to 1 over the range) instead of
+            the counts (or the weight sums of a weighted histogram).
+        label: Legend label.
+        color: Colour of the steps and the error bars.
+        errors: Draw the error bars (``sqrt(counts)``, or ``sqrt(sum w**2)`` when weighted).
+        **kwargs: Passed on to ``ax.stairs``.
+
+    Returns:
+        ``(stairs, bars)``: the ``StepPatch`` and the error bars' container (None without them).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        StatisticNotCollectedError: the result's job collected no histogram.
+        ValueError: ``element`` is missing for a histogram per element, or given for one that is not.
+    """
+    histogram = result if hasattr(result, "edges") and hasattr(result, "counts") else result.histogram
+    weighted = bool(histogram._weighted)
+    values = histogram.density() if density else (histogram.weights if weighted else histogram.counts.astype(float))
+    error = histogram.errors
+    if density:
+        total = (histogram.weights if weighted else histogram.counts.astype(float)).sum(axis=-1, keepdims=True)
+        width = np.diff(histogram.edges)[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error = error / (total * width)
+    if values.ndim > 1 or element is not None:
+        if element is None:
+            raise ValueError(f"this result has a histogram per element (shape {values.shape[:-1]}): pass element=")
+        if values.ndim == 1:
+            raise ValueError("element= is for histograms per element; this one is a single histogram")
+        index = element if isinstance(element, tuple) else (element,)
+        values, error = values[index], error[index]
+    if ax is None:
+        ax = _pyplot().gca()
+    stairs = ax.stairs(values, histogram.edges, label=label, color=color, **kwargs)
+    bars = None
+    if errors:
+        bars = ax.errorbar(histogram.centers, values, yerr=error, fmt="none", ecolor=stairs.get_edgecolor(),
+                           elinewidth=1)
+    return stairs, bars

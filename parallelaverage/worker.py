@@ -50,6 +50,8 @@ from parallelaverage.jobfiles.tally import Tally, append_ranges, describe_layout
 from parallelaverage.jobfiles.trust import load_pickle, write_pickle
 from parallelaverage.runspace import Positions, RunSpace
 from parallelaverage.stats import Welford
+from parallelaverage._accumulator import add_prepared_all, from_spec, parse_spec, prepare_all, specs_for
+from parallelaverage._target import TargetWatch
 from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage._launch_check import world_mismatch
 from parallelaverage.errors import say
@@ -103,6 +105,7 @@ class RunRecorder:
 
     def __init__(self, payload: Payload, writer: OutputWriter | None) -> None:
         self.average = payload.average  # None (keep only), "all", or a tuple of element indices
+        self.statistics = payload.statistics  # more than the mean, per averaged element (statistics=)
         self.encoding = payload.encoding
         self.writer = writer
         self.tally = Tally()
@@ -168,11 +171,14 @@ class RunRecorder:
         if group is not None and prepared is not None:
             accumulators = group.accumulators
             try:
+                more = _prepared_statistics(group, prepared, self.statistics) if self.statistics else ()
                 for index, sample, weight in prepared:
                     acc = accumulators.get(index)
                     if acc is None:
                         acc = accumulators[index] = Welford()
                     acc.add(sample, weight)
+                for kinds, items in more:
+                    add_prepared_all(kinds, items, position)  # keyed by position: the batches of the jackknife
             except (TypeError, ValueError) as error:  # e.g. a dtype numpy cannot average
                 return self.failed(position, f"run {run!r} returned an output that cannot be averaged: {error}")
             if layout[0] is not None:
@@ -181,7 +187,7 @@ class RunRecorder:
                 group.last_position = position
             if group.runs is not None:
                 group.runs.add(position)
-            elif self.writer is None and layout[0] is None and prepared[0][2] is None:
+            elif self.writer is None and layout[0] is None and prepared[0][2] is None and not self.statistics:
                 self._fast_path_for(output, accumulators[0])
         if encoded is not None and self.writer is not None:
             self.writer.append(position, encoded)
@@ -197,6 +203,18 @@ class RunRecorder:
             self._fast_type, self._fast_add, self._fast_state = kind, _kernels.add, accumulator._state
             self._fast_shape = output.shape if kind is np.ndarray else None
             self._fast_dtype = output.dtype if kind is np.ndarray else None
+
+
+def _prepared_statistics(group: Any, prepared: list[tuple[int, Any, Any]], statistics: Any) -> list[tuple[Any, Any]]:
+    """The statistics of each averaged element of a run's output, checked before any is
+    changed: a run whose output one of them refuses fails whole (raises)."""
+    out = []
+    for index, sample, weight in prepared:
+        kinds = group.statistics.get(index)
+        if kinds is None:
+            kinds = group.statistics[index] = {parse_spec(spec)[0]: from_spec(spec) for spec in specs_for(statistics, index)}
+        out.append((kinds, prepare_all(kinds, sample, weight)))
+    return out
 
 
 class Checkpoints:
@@ -368,6 +386,11 @@ class Member:
         self.log_path = files.done_log(attempt, rank, life)
         self.logged_pairs = self.logged_index = 0
         self.snapshotted = -1  # runs recorded at the last snapshot
+        # target_error=: rank 0 watches the merged error; once below, the rest of the runs
+        # are claimed without being run, so that every rank's claims end (see _target)
+        self.watch = TargetWatch(files, attempt, payload.target[0], payload.target[1], life=life) \
+            if payload.target and rank == 0 else None
+        self.stopped = False
 
     @property
     def recorded(self) -> int:
@@ -470,6 +493,9 @@ def execute(members: list[Member], comm: Any, status: RankStatus) -> bool:
                     succeeded, failed = member.recorder.succeeded, member.recorder.failed
                     runs, flat, id_at = member.runs, member.space.flat, member.space.id_at
                 offset = member.offset
+                if member.stopped:  # its target error is reached: its runs are claimed, not run
+                    start = stop
+                    continue
                 base = runs.base_of(start - offset, stop - offset)  # within one range: positions base + index
                 for index in range(start - offset, stop - offset):
                     position = base + index if base is not None else runs.position(index)
@@ -510,6 +536,12 @@ def execute(members: list[Member], comm: Any, status: RankStatus) -> bool:
                         next_status = moment + every_s
                     elif clock.next_at == 0.0:  # the first snapshot, after the first run
                         snapshot()
+                    watch = member.watch
+                    if watch is not None and watch.due(moment):
+                        member.recorder.flush()
+                        if watch.reached(member.recorder.tally, rank):
+                            member.stopped = True  # rank 0 now claims the rest of its runs without running them
+                            break
                 if stopped_early:
                     break
                 start = stop
@@ -567,6 +599,7 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, stat
         merged = {i: mpi.allreduce(group.accumulators.get(i, Welford()) if group else Welford(), comm, inplace=True)
                   for i in indices}
         groups.append(merged)
+    statistics = _merged_statistics(tally, layouts, comm)  # statistics=: all of them in one collective
     bookkeeping = Tally(tally.done, tally.failed, tally.errors, {},
                         [type(g)(g.layout, g.runs, {}, g.last_values, g.last_position) for g in tally.groups])
     parts = comm.gather(bookkeeping, root=0)
@@ -579,6 +612,7 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, stat
     for layout, accumulators in zip(layouts, groups):
         if layout in by_layout:
             by_layout[layout].accumulators = accumulators
+            by_layout[layout].statistics = statistics.get(layout, {})
 
     def write_result() -> bool:
         try:
@@ -592,6 +626,32 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, stat
     if not patiently(write_result):
         raise OSError(f"gave up writing {files.result(attempt, life)} after {FINAL_WRITE_PATIENCE_S:g} s")
     return int(comm.bcast(max(0, planned - len(result.done) - len(result.failed)), root=0))
+
+
+def _merged_statistics(tally: Tally, layouts: list[Any], comm: Any) -> dict[Any, dict[int, dict[str, Any]]]:
+    """Every rank's ``statistics=`` accumulators merged, by layout, element and kind: one
+    ``MPI_Allreduce`` for all of them (:func:`parallelaverage._collective.allreduce_many`).
+    A rank that lacks one (it ran no run of that layout) sends an empty one."""
+    mine = {group.layout: group for group in tally.groups}
+    held = sorted({(repr(layout), index, acc.spec) for layout in layouts if layout in mine
+                   for index, kinds in mine[layout].statistics.items() for acc in kinds.values()})
+    wanted = sorted({key for part in comm.allgather(held) for key in part})
+    if not wanted:
+        return {}
+    by_repr = {repr(layout): layout for layout in layouts}
+    entries = []
+    for layout_repr, index, spec in wanted:
+        layout = by_repr[layout_repr]
+        kind = parse_spec(spec)[0]
+        group = mine.get(layout)
+        acc = group.statistics.get(index, {}).get(kind) if group is not None else None
+        entries.append((layout, index, kind, acc if acc is not None else from_spec(spec)))
+    from parallelaverage import _collective
+
+    merged: dict[Any, dict[int, dict[str, Any]]] = {}
+    for (layout, index, kind, _), acc in zip(entries, _collective.allreduce_many([e[3] for e in entries], comm)):
+        merged.setdefault(layout, {}).setdefault(index, {})[kind] = acc
+    return merged
 
 
 def _load_payload(files: JobFiles) -> Payload:

@@ -64,7 +64,10 @@ GRAPH = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
 RANK_SIDE = {"parallelaverage.worker", "parallelaverage.mpi", "parallelaverage._allreduce",
              "parallelaverage._context", "parallelaverage.stats", "parallelaverage._kernels",
              "parallelaverage._launch_check", "parallelaverage.runspace", "parallelaverage.errors",
-             "parallelaverage._atomic", "parallelaverage._packed", "parallelaverage._runcounter"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
+             "parallelaverage._atomic", "parallelaverage._packed", "parallelaverage._welford",
+             "parallelaverage._accumulator", "parallelaverage._moments", "parallelaverage._momentkernels",
+             "parallelaverage._batches", "parallelaverage._histogram", "parallelaverage._binning",
+             "parallelaverage._collective", "parallelaverage._target", "parallelaverage._runcounter"} | {m for m in GRAPH if m.startswith("parallelaverage.jobfiles")}
 
 
 def in_group(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -178,7 +181,12 @@ def documented_in_source(module: object, name: str) -> bool:
     ``name`` documents it: a ``#:`` comment right above, or a string right after (what
     Sphinx's autodoc reads)."""
     path = Path(module.__file__)
-    for candidate in [path, *(sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [])]:
+    # a façade (stats.py) imports its constants from the private module that documents them
+    sources = [PACKAGE.parent / Path(*node.module.split(".")).with_suffix(".py")
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("parallelaverage.")
+               and any(alias.name == name for alias in node.names)]
+    for candidate in [path, *(sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else []), *sources]:
         source = candidate.read_text()
         body, lines = ast.parse(source).body, source.splitlines()
         for i, node in enumerate(body):

@@ -486,6 +486,26 @@ class JobDatabase:
         self._ensure_layout()
         return self._lock(self.root / "locks" / "jobs" / f"{job_name}.launch.lock")
 
+    def note_family(self, family: str, job_name: str) -> None:
+        """Record that ``job_name`` answers a call of ``family`` (the call's key with
+        ``N_runs=1``); a hint for :meth:`family_jobs`, so a failure to write it is ignored."""
+        folder = index.family_dir(self.root, family)
+        try:
+            os.makedirs(folder, mode=_DIR_MODE, exist_ok=True)
+            (folder / job_name).touch(mode=0o600)
+        except OSError:
+            pass
+
+    def family_jobs(self, family: str) -> list[str]:
+        """The jobs recorded for a call family by :meth:`note_family`, oldest first (some
+        may have been removed since)."""
+        try:
+            names = [name for name in os.listdir(index.family_dir(self.root, family))
+                     if JOB_NAME_PATTERN.fullmatch(name)]
+        except OSError:
+            return []
+        return sorted(names, key=lambda n: int(n.split("_", 1)[0]))
+
     def job_names(self) -> list[str]:
         """The names of the job folders, oldest first (no record is read)."""
         try:

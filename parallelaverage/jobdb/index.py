@@ -17,6 +17,11 @@ a single small write, whatever the number of jobs, and keeps one key's entry
 from ever damaging another's. The two-hex-digit fan-out keeps directories small
 (about 40 entries each at 10,000 jobs).
 
+``families/<family[:2]>/<family>/<job name>`` (empty files) list the jobs of one call
+whatever its ``N_runs`` (the family is the digest of the call with ``N_runs=1``), so
+that a call with more runs finds the jobs whose runs it can keep without reading every
+record: one ``listdir``. An entry is only a hint (its job may be gone).
+
 ``next_index`` holds the next job number as text (``"13"``). It only makes job
 names readable and ordered; uniqueness of job folders comes from the rename that
 creates them (see :mod:`.database`).
@@ -32,7 +37,8 @@ from .errors import CorruptFileError
 from .keys import CallKey
 from .records import JOB_NAME_PATTERN, SCHEMA_VERSION, check_schema_version, utc_now
 
-__all__ = ["INDEX_DIRNAME", "COUNTER_FILENAME", "entry_path", "read_entry", "write_entry", "read_counter", "write_counter"]
+__all__ = ["INDEX_DIRNAME", "COUNTER_FILENAME", "entry_path", "read_entry", "write_entry", "read_counter", "write_counter",
+           "family_dir"]
 
 INDEX_DIRNAME = "index"
 COUNTER_FILENAME = "next_index"
@@ -49,6 +55,11 @@ def entry_path(root: Path, digest: str) -> Path:
         ``root/index/<digest[:2]>/<digest>.json``.
     """
     return root / INDEX_DIRNAME / digest[:2] / f"{digest}.json"
+
+
+def family_dir(root: Path, family: str) -> Path:
+    """The folder listing the jobs of one call family (see the module docstring)."""
+    return root / INDEX_DIRNAME / "families" / family[:2] / family
 
 
 def read_entry(path: Path, digest: str) -> str:

@@ -173,6 +173,11 @@ class JobFiles:
     def cancel_request(self, attempt: int) -> Path:
         return self.attempt_dir(attempt) / "cancel_requested"
 
+    def target(self, attempt: int) -> Path:
+        """Written by rank 0 when the launch reached its target error (``target_error=``):
+        ``{"kind", "target", "runs", "effective_runs", "error_over_target"}``."""
+        return self.attempt_dir(attempt) / "target.json"
+
     def sealed(self, attempt: int) -> Path:
         """The launch's tally frozen when a later launch was made (see ``_state``)."""
         return self.attempt_dir(attempt) / "sealed.pkl"

@@ -39,6 +39,10 @@ class Payload:
         dynamic_load_balancing: claim runs from the shared counter (else static blocks).
         code_files: ``(code name, first line) -> file name`` of the code objects.
         sources: ``file name -> source lines`` at submission, for tracebacks.
+        statistics: the statistics collected besides the mean and its error (canonical
+            spec strings): a tuple for every averaged element, or ``{element: tuple}``.
+        target: ``("absolute" | "relative", error)``: stop once the averaged elements'
+            estimated errors are below it (``target_error=``); None: run every run.
     """
 
     function: Callable[..., Any]
@@ -51,6 +55,8 @@ class Payload:
     dynamic_load_balancing: bool = True
     code_files: dict[tuple[str, int], str] = field(default_factory=dict)
     sources: dict[str, list[str]] = field(default_factory=dict)
+    statistics: Any = ()  # a payload written before statistics= has the class default
+    target: Any = None  # (kind, error) of target_error=; older payloads: None
 
     @classmethod
     def legacy(cls, value: dict[str, Any]) -> Payload:

@@ -13,6 +13,11 @@ the other groups count as failed, with a message that names both shapes
 (:meth:`Tally.resolved`). So one odd run fails alone, whichever rank ran it, in
 whatever order, on 1 rank or 1,000.
 
+Besides its ``Welford`` per averaged element, a group holds the statistics the call
+asked for (``statistics=``: covariance, moments, batches, histograms, log-binning), one
+accumulator of each kind per element (:attr:`Group.statistics`); they merge with the
+group.
+
 Merging is all-or-nothing: :meth:`Tally.merged` builds a new tally and changes
 nothing if any part cannot merge, so run ids and statistics always change together.
 """
@@ -25,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from parallelaverage.runspace import Positions
-from parallelaverage.stats import WeightedSample, Welford
+from parallelaverage.stats import Accumulator, WeightedSample, Welford
 
 __all__ = ["Tally", "Group", "Layout", "layout_of", "describe_layout", "MAX_ERRORS_KEPT", "MAX_GROUPS",
            "append_ranges", "read_ranges", "read_life_tally", "read_launch_tally"]
@@ -105,6 +110,10 @@ class Group:
     accumulators: dict[int, Welford] = field(default_factory=dict)
     last_values: dict[int, Any] = field(default_factory=dict)
     last_position: int = -1  # the run the last_values came from
+    statistics: dict[int, dict[str, Accumulator]] = field(default_factory=dict)  # element -> kind -> accumulator
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"statistics": {}, **state})  # snapshots and results written before statistics=
 
     def merged(self, other: Group) -> Group:
         accumulators = {i: acc.copy() for i, acc in self.accumulators.items()}
@@ -113,10 +122,18 @@ class Group:
                 accumulators[index].merge(acc)
             else:
                 accumulators[index] = acc.copy()
+        statistics = {i: {kind: stat.copy() for kind, stat in kinds.items()} for i, kinds in self.statistics.items()}
+        for index, kinds in other.statistics.items():
+            mine = statistics.setdefault(index, {})
+            for kind, stat in kinds.items():
+                if kind in mine:
+                    mine[kind].merge(stat)
+                else:
+                    mine[kind] = stat.copy()
         newer = other if other.last_position > self.last_position else self
         assert self.runs is not None and other.runs is not None  # made explicit by Tally.explicit
         return Group(self.layout, self.runs.union(other.runs), accumulators,
-                     dict(newer.last_values), newer.last_position)
+                     dict(newer.last_values), newer.last_position, statistics)
 
 
 @dataclass
@@ -167,7 +184,8 @@ class Tally:
             return self
         first, others = self.groups[0], self.groups[1:]
         runs = self.done.difference(Positions().union(*(g.runs for g in others if g.runs is not None)))
-        listed = Group(first.layout, runs, first.accumulators, first.last_values, first.last_position)
+        listed = Group(first.layout, runs, first.accumulators, first.last_values, first.last_position,
+                       first.statistics)
         return Tally(self.done, self.failed, self.errors, self.crashed, [listed, *others], self.done_log)
 
     # ------------------------------------------------------------ merging

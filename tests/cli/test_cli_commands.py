@@ -148,7 +148,7 @@ def test_show_json(db):
     assert second["mean"] == pytest.approx(np.mean(np.arange(20) ** 2))
     assert label == {"index": 2, "averaged": False, "type": "str", "text": "'label'", "shape": None, "count": None,
                      "mean": None, "error": None, "variance": None, "min": None, "max": None, "error_max": None,
-                     "series": None}
+                     "series": None, "statistics": {}}
     assert second["index"] == 1 and second["variance"] == pytest.approx(np.var(np.arange(20) ** 2, ddof=1))
     assert cli_json("show", "4_raw", cwd=db)["result"] == {"kind": "outputs", "runs": 5}
 

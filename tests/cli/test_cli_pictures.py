@@ -145,3 +145,35 @@ def test_plot_average_without_matplotlib_names_the_extra():
             "try:\n    pa.plot_average(None, r)\nexcept ImportError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert "pip install parallelaverage[plot]" in done.stdout, done.stderr
+
+
+def test_plot_histogram_draws_steps_and_error_bars():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from parallelaverage.stats import Histogram
+
+    per_element, weighted = Histogram(5, (0, 1)), Histogram(5, (0, 1), weighted=True)
+    rng = np.random.default_rng(0)
+    for x in rng.random((200, 3)):
+        per_element.add(x)
+        weighted.add(x[0], weight=2.0)
+    result = make_result(np.zeros(3), np.zeros(3))
+    result.statistics = {"histogram": per_element}
+    fig, ax = plt.subplots()
+    try:
+        stairs, bars = pa.plot_histogram(result, ax=ax, element=1, label="element 1", color="C2")
+        values, edges, _ = stairs.get_data()  # values, edges, baseline
+        assert np.array_equal(values, per_element.counts[1]) and np.array_equal(edges, per_element.edges)
+        (caps,) = bars.lines[2]
+        assert len(caps.get_segments()) == 5 and stairs.get_label() == "element 1"
+        stairs, bars = pa.plot_histogram(weighted, ax=ax, density=True, errors=False)
+        assert bars is None and np.sum(stairs.get_data()[0]) * 0.2 == pytest.approx(1.0)
+        fig.savefig(__import__("io").BytesIO(), format="png")  # renders
+        with pytest.raises(ValueError, match="element="):
+            pa.plot_histogram(result, ax=ax)
+        with pytest.raises(pa.StatisticNotCollectedError, match="histogram"):
+            pa.plot_histogram(make_result(np.zeros(3), np.zeros(3)), ax=ax)
+    finally:
+        plt.close("all")

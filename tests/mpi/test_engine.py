@@ -129,3 +129,14 @@ def test_weighted_allreduce_is_exact_on_every_rank(n_tasks):
     result = run_mpi(n_tasks, "weighted_allreduce.py")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"WEIGHTED-OK {n_tasks}" in result.stdout
+
+
+@pytest.mark.parametrize("n_tasks", [1, 2, 3, 4])
+def test_every_accumulator_merges_exactly_on_every_rank(n_tasks):
+    """Moments, Covariance, Batches (the jackknife), Histogram and LogBinning through
+    mpi.allreduce against the exact oracle: weights tiny, huge, zero on a whole rank,
+    ranks without samples; the same bits on every rank; one collective for all of them
+    equal to one each."""
+    result = run_mpi(n_tasks, "accumulators_allreduce.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ACCUMULATORS-OK {n_tasks}" in result.stdout

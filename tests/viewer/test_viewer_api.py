@@ -453,3 +453,27 @@ def test_serve_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path):
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "viewer stopped" in err
+
+
+def test_statistics_are_summarised_for_the_viewer_and_the_command_line():
+    from parallelaverage.stats import Batches, Histogram, LogBinning, Moments
+
+    rng = np.random.default_rng(0)
+    moments, histogram, batches = Moments(), Histogram(4, (0, 1), weighted=True), Batches(3)
+    for run, x in enumerate(rng.random(30)):
+        moments.add(x)
+        histogram.add(x, 2.0)
+        batches.add(x, key=run)
+    histogram.add(7.0, 1.0)
+    result = AveragedResult(np.float64(0.5), np.float64(0.05), np.float64(0.08), successful_run_ids=list(range(31)),
+                            failed_run_ids=[], runs=None, job_name="1_f", count=31, total_weight=31.0,
+                            statistics={"moments": moments, "histogram": histogram, "jackknife": batches,
+                                        "autocorrelation": LogBinning()})
+    [summary] = _summary.result_summary(result)["elements"]
+    stats = summary["statistics"]
+    assert set(stats) == {"moments", "histogram", "jackknife"}  # an empty one is left out
+    assert stats["moments"]["skewness"] == pytest.approx(float(moments.skewness))
+    assert stats["histogram"]["counts"] == histogram.counts.tolist() and stats["histogram"]["overflow"] == 1
+    assert stats["histogram"]["weights"] == pytest.approx(histogram.weights.tolist())
+    assert stats["histogram"]["edges"] == [0.0, 0.25, 0.5, 0.75, 1.0] and stats["jackknife"]["counts"] == [10, 10, 10]
+    json.dumps(summary, allow_nan=False)

@@ -198,3 +198,26 @@ def test_live_progress_without_reloading(tmp_path, monkeypatch, page):
         assert page.evaluate("window.loads") == 1
     finally:
         stop_viewer(viewer)
+
+
+def test_the_histogram_and_the_statistics_of_a_scalar_result(tmp_path, page):
+    """statistics=("histogram:...", "moments"): bars over the bins, and a row per number."""
+    magnetisation = parallel_average(N_runs=40, N_tasks=1, seed=1, queuing_system="local", path=tmp_path,
+                                     statistics=("histogram:bins=8,range=(-1,1)", "moments"),
+                                     pickle_by_value=[viewer_models])(viewer_models.energy)
+    from parallelaverage import wait
+
+    result = wait(magnetisation)(0.5)
+    viewer = start_viewer(tmp_path)
+    try:
+        page.goto(viewer.url)
+        page.wait_for_selector("#jobs tbody tr.job")
+        rows(page).first.click()
+        details = page.locator("#details")
+        details.locator("svg.plot.histogram rect.hist-bar").first.wait_for()
+        assert details.locator("svg.plot.histogram rect.hist-bar").count() == int(np.count_nonzero(result.histogram.counts))
+        assert "histogram of 40 runs" in details.inner_text()
+        table = details.locator("table.statistics").inner_text()
+        assert "skewness" in table and "excess kurtosis" in table
+    finally:
+        stop_viewer(viewer)

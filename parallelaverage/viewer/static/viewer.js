@@ -486,6 +486,10 @@
         body.push(el("p", {}, `An array of shape (${element.shape.join(", ")}), ${element.type}, averaged over ${plural(element.count, "run")}` +
           (element.min !== null ? `; mean from ${fmt(element.min)} to ${fmt(element.max)}.` : ".")));
       }
+      const stats = element.statistics || {};
+      if (stats.histogram) body.push(histogramPlot(stats.histogram));
+      const rows = statisticRows(stats);
+      if (rows.length) body.push(el("table", { class: "scalars statistics" }, ...rows));
       const base = `api/jobs/${encodeURIComponent(job.job_name)}`;
       const suffix = element.index ? `-${element.index}` : "";
       body.push(el("div", { class: "downloads" }, "download:",
@@ -493,6 +497,60 @@
         el("a", { href: `${base}/data.csv?element=${element.index}`, download: `${job.job_name}${suffix}.csv` }, "CSV")));
       return el("div", { class: "element" }, body);
     }));
+  }
+
+  // The statistics= of an element that are numbers (a scalar output's): one row each.
+  function statisticRows(stats) {
+    const rows = [];
+    const row = (name, value) => rows.push(el("tr", {}, el("th", {}, name), el("td", {}, value)));
+    const number = (v) => typeof v === "number";
+    if (stats.moments && number(stats.moments.skewness)) row("skewness", fmt(stats.moments.skewness));
+    if (stats.moments && number(stats.moments.excess_kurtosis)) row("excess kurtosis", fmt(stats.moments.excess_kurtosis));
+    if (stats.autocorrelation && number(stats.autocorrelation.autocorrelation_time)) {
+      const a = stats.autocorrelation;
+      row("autocorrelation time", `${fmt(a.autocorrelation_time)} samples${a.converged ? "" : " (no plateau: the runs' error)"}`);
+      row("mean error, corrected", `${fmt(a.error)} (naive ${fmt(a.naive_error)})`);
+    }
+    if (stats.jackknife) row("jackknife batches", `${stats.jackknife.batches} (in Python: result.jackknife(f))`);
+    if (stats.covariance && Array.isArray(stats.covariance.correlation)) row("correlation", `${stats.covariance.correlation.length} × ${stats.covariance.correlation.length} (in Python: result.correlation)`);
+    return rows;
+  }
+
+  // A histogram of statistics= as bars over its bins, with sqrt(n) (or sqrt(sum w²)) ticks.
+  function histogramPlot(h) {
+    const W = 640, H = 240, m = { l: 64, r: 14, t: 10, b: 42 };
+    const values = h.weights || h.counts;
+    const edges = h.edges;
+    const n = values.length;
+    let hi = 0;
+    for (const v of values) if (v !== null) hi = Math.max(hi, v);
+    if (hi === 0) hi = 1;
+    hi *= 1.08;
+    const x0 = edges[0], x1 = edges[n];
+    const px = (v) => m.l + ((v - x0) / (x1 - x0)) * (W - m.l - m.r);
+    const py = (v) => H - m.b - (v / hi) * (H - m.t - m.b);
+    const r = (v) => v.toFixed(2);
+    const root = svg("svg", { class: "plot histogram", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "histogram" });
+    for (const t of niceTicks(0, hi, 4)) {
+      root.append(svg("line", { class: "grid", x1: m.l, x2: W - m.r, y1: r(py(t)), y2: r(py(t)) }),
+        svg("text", { x: m.l - 7, y: r(py(t) + 5), "text-anchor": "end" }, fmt(t)));
+    }
+    for (const t of niceTicks(x0, x1, 6)) {
+      if (t < x0 || t > x1) continue;
+      root.append(svg("text", { x: r(px(t)), y: H - m.b + 18, "text-anchor": "middle" }, fmt(t)));
+    }
+    for (let i = 0; i < n; i++) {
+      if (values[i] === null || values[i] <= 0) continue;
+      root.append(svg("rect", { class: "hist-bar", x: r(px(edges[i])), y: r(py(values[i])),
+        width: r(Math.max(px(edges[i + 1]) - px(edges[i]) - 1, 0.5)), height: r(py(0) - py(values[i])) }));
+    }
+    root.append(svg("line", { class: "axis", x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }),
+      svg("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }),
+      svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, h.weights ? "value (weight per bin)" : "value (runs per bin)"));
+    const outside = [h.underflow && `${h.underflow} below`, h.overflow && `${h.overflow} above`, h.nan && `${h.nan} NaN`].filter(Boolean);
+    const note = `histogram of ${plural(h.count, "run")}${h.summed_over_elements ? ", every element's added up" : ""}` +
+      (outside.length ? `; outside the range: ${outside.join(", ")}` : "");
+    return el("div", { class: "plot-holder" }, root, el("p", { class: "muted" }, note));
   }
 
   // ------------------------------------------------------------------- plot
