@@ -93,7 +93,7 @@ def running_launch(root: Path, ranks: int) -> Job:
     key = call_key(f, (ranks,), N_runs=10_000 * ranks)
     record, _ = db.get_or_create(key, lambda name: new_record(key, name, code_hash="0", options={"average": "all"}))
     files = JobFiles(db.job_dir(record))
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     space = RunSpace(10_000 * ranks)
     files.creator(1).write_text(json.dumps({**Creator.now(), "backend": "local"}))
     files.write_plan(1, LaunchPlan(space.all()), space)
@@ -103,7 +103,7 @@ def running_launch(root: Path, ranks: int) -> Job:
         status.set_stage("running")
         status.slots[RankStatus.DONE] = 10_000
         tally = rank_tally(10_000, 1, rank)
-        log = files.attempt_dir(1) / f"done-r{rank}.ranges"
+        log = files.launch_dir(1) / f"done-r{rank}.ranges"
         append_ranges(log, tally.done.ranges())
         write_pickle(files.snapshot(1, rank), Tally(Positions(), tally.failed, tally.errors, {}, tally.groups,
                                                      done_log=(log.name, tally.done.n_ranges)))
@@ -126,7 +126,7 @@ def finished_call_ms(root: Path, n_jobs: int) -> tuple[float, float]:
             key, name, code_hash=code_hash(target), code_parts=code_fingerprint(target),
             options={"average": "all", "keep_runs": False}))
         files = JobFiles(db.job_dir(record))
-        files.attempt_dir(1).mkdir(parents=True)
+        files.launch_dir(1).mkdir(parents=True)
         files.creator(1).write_text(json.dumps({**Creator.now(), "backend": "local"}))
         files.write_plan(1, LaunchPlan(RunSpace(runs).all()), RunSpace(runs))
         files.launch(1).write_text(json.dumps({"backend": "local", "pid": 1, "start_ticks": 1}))

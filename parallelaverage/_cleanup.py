@@ -59,8 +59,8 @@ def cleanup(path: str | os.PathLike[str] = ".", *, superseded: bool = False,
             continue
         if redundant_snapshots:
             files = JobFiles(db.job_dir(record))
-            for attempt in files.attempts():
-                if files.result(attempt).exists():
-                    for snapshot in files.snapshots(attempt):
+            for launch_no in files.launch_numbers():
+                if files.result(launch_no).exists():
+                    for snapshot in files.snapshots(launch_no):
                         remove(snapshot)
     return removed

@@ -110,7 +110,7 @@ class ParallelFunction:
             return None
         options = self._options
         queuing_system = options.resolved_queuing_system()
-        first = job.files.attempts()[-1]
+        first = job.files.launch_numbers()[-1]
         if base is not None:
             new_runs = len(job.files.read_plan(first, job.space).positions)
             say(f"submitting job {job.name} ({new_runs} runs on {options.N_tasks} MPI ranks, "

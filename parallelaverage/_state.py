@@ -210,10 +210,10 @@ class JobState:
 
 
 # ------------------------------------------------------------------ one launch
-def _read_tally(files: JobFiles, attempt: int, problems: list[str], *,
+def _read_tally(files: JobFiles, launch_no: int, problems: list[str], *,
                 lives: list[int] | None = None) -> tuple[Tally, bool]:
     """A launch's tally (see :func:`read_launch_tally`), and whether it is final."""
-    return read_launch_tally(files, attempt, problems, lives=lives)
+    return read_launch_tally(files, launch_no, problems, lives=lives)
 
 
 def _signal_name(number: int) -> str | None:
@@ -228,7 +228,7 @@ def _signal_text(number: int) -> str:
     return f"signal {number}, {name}" if name else f"signal {number}"
 
 
-def _crashes(attempt: int, ranks: list[RankInfo], exit_code: int | None) -> list[Crash]:
+def _crashes(launch_no: int, ranks: list[RankInfo], exit_code: int | None) -> list[Crash]:
     """The runs that ended their rank's process, from the ranks' status records (for an
     ended launch). A rank killed from outside (SIGKILL, the OOM killer) left neither a
     report nor an ``os._exit`` mark: its run was only in flight, and is missing."""
@@ -237,23 +237,23 @@ def _crashes(attempt: int, ranks: list[RankInfo], exit_code: int | None) -> list
         if info.in_flight is None or info.stage not in ("running", "exited_in_run"):
             continue
         if info.stage == "exited_in_run":
-            crashes.append(Crash(attempt, info.rank, info.in_flight, None, info.exit_code, "", exit_code))
+            crashes.append(Crash(launch_no, info.rank, info.in_flight, None, info.exit_code, "", exit_code))
         elif info.crash_signal is not None:
-            crashes.append(Crash(attempt, info.rank, info.in_flight, info.crash_signal[0], None,
+            crashes.append(Crash(launch_no, info.rank, info.in_flight, info.crash_signal[0], None,
                                  info.crash_report.strip(), exit_code))
     return crashes
 
 
-def launch_runner(files: JobFiles, attempt: int, info: Any) -> tuple[JobFiles, int]:
+def launch_runner(files: JobFiles, launch_no: int, info: Any) -> tuple[JobFiles, int]:
     """Where a launch's processes write what concerns all of them (exit status, rank status
     records, stderr): the launch's own folder, or, for a job of a batch (``f.map``), the
     batch's launch folder."""
     if isinstance(info, dict) and info.get("batch"):
         return JobFiles(info["batch"]), 1
-    return files, attempt
+    return files, launch_no
 
 
-def _crash_message(files: JobFiles, crash: Crash, run: Any, runner_attempt: int | None = None) -> str:
+def _crash_message(files: JobFiles, crash: Crash, run: Any, runner_launch_no: int | None = None) -> str:
     """What a crashed run's error is: what happened, the launch's exit code, the
     ``faulthandler`` report and the last lines of the launch's ``stderr.txt``."""
     text = crash.headline(run)
@@ -261,32 +261,32 @@ def _crash_message(files: JobFiles, crash: Crash, run: Any, runner_attempt: int 
         text += f"\nlaunch {crash.launch} {_exited(crash.launch_exit_code)}"
     if crash.report:
         text += "\n" + crash.report
-    where = crash.launch if runner_attempt is None else runner_attempt
+    where = crash.launch if runner_launch_no is None else runner_launch_no
     tail = files.stderr_tail(where)
     if tail:
         text += f"\nlast lines of {files.stderr(where)}:\n{tail}"
     return text
 
 
-def _start_failure(files: JobFiles, attempt: int, ranks: list[RankInfo], exit_code: int | None,
+def _start_failure(files: JobFiles, launch_no: int, ranks: list[RankInfo], exit_code: int | None,
                    label: int | None = None) -> str | None:
     """Why an ended launch could not run anything — its launcher failed before any rank
     started, or its ranks failed to start (an import error, a wrong MPI world) — or None
     when its ranks started and were stopped (killed, cancelled) like any ended launch."""
-    fatal = [path.read_text(errors="replace") for path in files.fatals(attempt)]
+    fatal = [path.read_text(errors="replace") for path in files.fatals(launch_no)]
     meaning = None if exit_code is None else _exit_signal(exit_code)
     code = "" if exit_code is None else f" (exit code {exit_code}{', ' + meaning if meaning else ''})"
     errors = [r.error.strip() for r in ranks if r.stage == "failed_to_start" and r.error.strip()]
-    name = attempt if label is None else label
+    name = launch_no if label is None else label
     if fatal or errors:
         head = f"launch {name} could not start its runs{code}:\n{(fatal or errors)[0].rstrip()}"
     elif not ranks and exit_code not in (None, 0):  # the launcher itself failed (killed: no exit code)
         head = f"launch {name} failed before any rank started{code}"
     else:
         return None
-    tail = files.stderr_tail(attempt)
+    tail = files.stderr_tail(launch_no)
     if tail:
-        head += f"\nlast lines of {files.stderr(attempt)}:\n{tail}"
+        head += f"\nlast lines of {files.stderr(launch_no)}:\n{tail}"
     return head
 
 
@@ -319,7 +319,7 @@ def _exited(code: int) -> str:
     return f"exited with code {code}" + (f" ({meaning})" if meaning else "")
 
 
-def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: bool = True,
+def read_launch(files: JobFiles, launch_no: int, space: RunSpace, *, ask_backend: bool = True,
                 states: Mapping[int, str] | None = None, light: bool = False) -> LaunchState:
     """Read one launch (see the module docstring for its phases).
 
@@ -331,35 +331,35 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
             a result is built).
     """
     problems: list[str] = []
-    info = files.read_json(files.launch(attempt))
+    info = files.read_json(files.launch(launch_no))
     if info is not None and not isinstance(info, dict):
-        problems.append(f"{files.launch(attempt)} is corrupt")
+        problems.append(f"{files.launch(launch_no)} is corrupt")
         info = None
-    creator = files.read_json(files.creator(attempt)) or {}
+    creator = files.read_json(files.creator(launch_no)) or {}
     backend_name = (info or {}).get("backend") or creator.get("backend")
     try:
-        plan = files.read_plan(attempt, space)
+        plan = files.read_plan(launch_no, space)
     except (OSError, ValueError):
         plan = None
-    cancelled = files.cancel_request(attempt).exists()
-    final = files.result(attempt).exists() or files.sealed(attempt).exists()
+    cancelled = files.cancel_request(launch_no).exists()
+    final = files.result(launch_no).exists() or files.sealed(launch_no).exists()
     # a launch.json not written yet (its maker may have died) still has the creator's pointer
-    runner, runner_attempt = launch_runner(files, attempt, info if info is not None else creator)
+    runner, runner_launch_no = launch_runner(files, launch_no, info if info is not None else creator)
     member = (info if info is not None else creator).get("batch_member") if runner is not files else None
-    exit_code = runner.exit_status(runner_attempt)
+    exit_code = runner.exit_status(runner_launch_no)
     # a launch with its result and its exit status is over: its ranks have nothing more to say
     ranks = [] if final and exit_code is not None else [
-        r for r in (read_rank_status(path, rank) for rank, path in runner.rank_statuses(runner_attempt)) if r]
+        r for r in (read_rank_status(path, rank) for rank, path in runner.rank_statuses(runner_launch_no)) if r]
     message = None
     if info is None:
-        error = files.submit_error(attempt)
+        error = files.submit_error(launch_no)
         if error.exists():
             phase = "submit_failed"
             message = error.read_text(errors="replace").strip()
         elif Creator.alive(creator, LAUNCH_GRACE_S) and creator:
             phase = "launching"
         else:
-            recovered = _backend(backend_name).recover(runner, runner_attempt) if backend_name else None
+            recovered = _backend(backend_name).recover(runner, runner_launch_no) if backend_name else None
             if recovered is not None:
                 info = recovered if runner is files else {
                     **recovered, "batch": creator["batch"], "batch_member": member}
@@ -369,58 +369,58 @@ def read_launch(files: JobFiles, attempt: int, space: RunSpace, *, ask_backend: 
                 phase = "ended"
             else:
                 phase = "abandoned"
-                message = (f"launch {attempt} was never started: the process making it "
+                message = (f"launch {launch_no} was never started: the process making it "
                            f"(pid {creator.get('pid', '?')} on {creator.get('host', '?')}) was gone before it did")
     if info is not None:
-        if states is not None and attempt in states:
-            phase = states[attempt]
+        if states is not None and launch_no in states:
+            phase = states[launch_no]
         elif ask_backend and backend_name:
-            phase = _backend(backend_name).state(runner, runner_attempt, info)
+            phase = _backend(backend_name).state(runner, runner_launch_no, info)
         else:
             phase = "ended"
-    lives = files.lives(attempt)
+    lives = files.lives(launch_no)
     if light and phase in LIVE_PHASES and member is None:  # the earlier lives are frozen; the current one's counts are in `ranks`
-        tally, final = _read_tally(files, attempt, problems, lives=lives[:-1]) if len(lives) > 1 else (Tally(), False)
+        tally, final = _read_tally(files, launch_no, problems, lives=lives[:-1]) if len(lives) > 1 else (Tally(), False)
     else:
-        tally, final = _read_tally(files, attempt, problems)
+        tally, final = _read_tally(files, launch_no, problems)
     own = ranks if member is None else [r for r in ranks if r.member == member]  # a batch: this job's runs
-    crashes = _crashes(attempt, own, exit_code) if phase == "ended" else []
-    if phase == "ended" and not files.sealed(attempt).exists():  # a sealed tally holds its crashes
-        crashed = {crash.position: _crash_message(runner, crash, space.id_at(crash.position), runner_attempt)
+    crashes = _crashes(launch_no, own, exit_code) if phase == "ended" else []
+    if phase == "ended" and not files.sealed(launch_no).exists():  # a sealed tally holds its crashes
+        crashed = {crash.position: _crash_message(runner, crash, space.id_at(crash.position), runner_launch_no)
                    for crash in crashes}
         if crashed:
             tally = Tally(tally.done, tally.failed, tally.errors, {**tally.crashed, **crashed}, tally.groups)
         if not tally.done and not tally.failed and not crashed:
-            message = _start_failure(runner, runner_attempt, ranks, exit_code, attempt)
+            message = _start_failure(runner, runner_launch_no, ranks, exit_code, launch_no)
         elif exit_code == 76:
-            message = (f"launch {attempt} was requeued more often than its max_relaunches allows and "
+            message = (f"launch {launch_no} was requeued more often than its max_relaunches allows and "
                        "stopped: re_submit runs what is left")
-        elif exit_code == 75 and files.life_end(attempt, lives[-1]).exists():  # stopped before its time limit
-            end = files.read_json(files.life_end(attempt, lives[-1])) or {}
-            message = (f"launch {attempt} stopped before its time limit with {end.get('left', 'some')} runs left "
+        elif exit_code == 75 and files.life_end(launch_no, lives[-1]).exists():  # stopped before its time limit
+            end = files.read_json(files.life_end(launch_no, lives[-1])) or {}
+            message = (f"launch {launch_no} stopped before its time limit with {end.get('left', 'some')} runs left "
                        f"and was not requeued (max_relaunches reached, or 0): re_submit runs them")
         elif not final and exit_code not in (None, 0) and not crashed:
             problems.append(
-                f"launch {attempt} {_exited(exit_code)} without writing its result{_stopped_ranks(ranks)} "
-                f"(see {files.stderr(attempt)}); the ranks' snapshots were merged instead")
+                f"launch {launch_no} {_exited(exit_code)} without writing its result{_stopped_ranks(ranks)} "
+                f"(see {files.stderr(launch_no)}); the ranks' snapshots were merged instead")
         for rank in ranks:
             if rank.error and message is None:
-                problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
+                problems.append(f"rank {rank.rank} of launch {launch_no}: {rank.error.strip()}")
     elif phase in LIVE_PHASES:
         for rank in ranks:
             if rank.error:
-                problems.append(f"rank {rank.rank} of launch {attempt}: {rank.error.strip()}")
-    target = files.read_json(files.target(attempt))
-    return LaunchState(attempt, phase, info, backend_name, plan, tally, ranks if member is None else [], problems,
-                       message, exit_code, cancelled, crashes, _history(files, attempt, lives),
+                problems.append(f"rank {rank.rank} of launch {launch_no}: {rank.error.strip()}")
+    target = files.read_json(files.target(launch_no))
+    return LaunchState(launch_no, phase, info, backend_name, plan, tally, ranks if member is None else [], problems,
+                       message, exit_code, cancelled, crashes, _history(files, launch_no, lives),
                        target if isinstance(target, dict) else None)
 
 
-def _history(files: JobFiles, attempt: int, lives: list[int]) -> list[str]:
+def _history(files: JobFiles, launch_no: int, lives: list[int]) -> list[str]:
     """One line per earlier life of a launch: how it ended and what the next one did."""
     lines = []
     for life in lives[:-1]:
-        end = files.read_json(files.life_end(attempt, life))
+        end = files.read_json(files.life_end(launch_no, life))
         if isinstance(end, dict) and end.get("reason") == "deadline":
             lines.append(f"life {life} stopped before its time limit with {end.get('left', '?')} runs left "
                          f"and requeued itself; life {life + 1} ran them")
@@ -447,19 +447,19 @@ def read_job_state(files: JobFiles, space: RunSpace, *, submitted_at: float | No
     ``light``: the live launches' runs are counted from their ranks' status records and
     their snapshots are not read (see :meth:`JobState.counts`); for polling.
     """
-    attempts = files.attempts()
+    launch_nos = files.launch_numbers()
     by_backend: dict[str, list[tuple[JobFiles, int, dict[str, Any]]]] = {}
-    for attempt in attempts:
-        info = files.read_json(files.launch(attempt))
+    for launch_no in launch_nos:
+        info = files.read_json(files.launch(launch_no))
         if isinstance(info, dict) and info.get("backend"):
-            by_backend.setdefault(info["backend"], []).append((files, attempt, info))
+            by_backend.setdefault(info["backend"], []).append((files, launch_no, info))
     asked: dict[str, list[tuple[JobFiles, int, dict[str, Any]]]] = {
         name: [(*launch_runner(f, a, i), i) for f, a, i in launches] for name, launches in by_backend.items()}
     states: dict[int, str] = {}
     for name, launches in by_backend.items():
-        for (_, attempt, _), answer in zip(launches, _backend(name).states(asked[name])):
-            states[attempt] = answer
-    launches_read = [read_launch(files, attempt, space, states=states, light=light) for attempt in attempts]
+        for (_, launch_no, _), answer in zip(launches, _backend(name).states(asked[name])):
+            states[launch_no] = answer
+    launches_read = [read_launch(files, launch_no, space, states=states, light=light) for launch_no in launch_nos]
     state = combine(launches_read, space, submitted_at=submitted_at)
     state.light = light and state.status == "running"
     return state

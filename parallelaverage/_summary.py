@@ -69,10 +69,10 @@ def launch_rate(job: Job, state: JobState) -> tuple[float | None, float | None]:
     Returns:
         ``(rate_per_s, elapsed_s)``; each None when not known (no launch yet).
     """
-    attempts = job.files.attempts()
-    if not attempts:
+    launch_nos = job.files.launch_numbers()
+    if not launch_nos:
         return None, None
-    latest = attempts[-1]
+    latest = launch_nos[-1]
     try:
         started = job.files.launch(latest).stat().st_mtime
         given = len(job.files.read_plan(latest, job.space).positions)

@@ -48,8 +48,8 @@ check also waits 20 times as long as the previous one took (reading every snapsh
 class TargetWatch:
     """Rank 0's watch of the merged error (see the module docstring)."""
 
-    def __init__(self, files: JobFiles, attempt: int, kind: str, target: float, life: int = 0) -> None:
-        self.files, self.attempt, self.kind, self.target = files, attempt, kind, float(target)
+    def __init__(self, files: JobFiles, launch_no: int, kind: str, target: float, life: int = 0) -> None:
+        self.files, self.launch_no, self.kind, self.target = files, launch_no, kind, float(target)
         self.life = life
         self.next_at = 0.0
         self.earlier = self._earlier_launches()
@@ -60,15 +60,15 @@ class TargetWatch:
         tallies = []
         for life in range(self.life):
             try:
-                sealed = load_pickle(self.files.life_seal(self.attempt, life))
+                sealed = load_pickle(self.files.life_seal(self.launch_no, life))
             except (OSError, ValueError):
                 continue
             if isinstance(sealed, Tally):
                 tallies.append(sealed)
-        for attempt in self.files.attempts():
-            if attempt >= self.attempt:
+        for launch_no in self.files.launch_numbers():
+            if launch_no >= self.launch_no:
                 continue
-            for path in (self.files.sealed(attempt), self.files.result(attempt)):
+            for path in (self.files.sealed(launch_no), self.files.result(launch_no)):
                 try:
                     tally = load_pickle(path)
                 except (OSError, ValueError):
@@ -87,8 +87,8 @@ class TargetWatch:
         started = time.monotonic()
         try:
             tallies = list(self.earlier) + [own]
-            for path in self.files.snapshots(self.attempt, self.life):
-                if path == self.files.snapshot(self.attempt, rank, self.life):
+            for path in self.files.snapshots(self.launch_no, self.life):
+                if path == self.files.snapshot(self.launch_no, rank, self.life):
                     continue  # its own tally, live, is ``own``
                 try:
                     piece = load_pickle(path)
@@ -103,7 +103,7 @@ class TargetWatch:
                 first = next(iter(merged.values()))
                 with np.errstate(invalid="ignore", divide="ignore"):
                     worst = max(float(np.nanmax(np.asarray(self._ratio(acc)))) for acc in merged.values())
-                atomic_write_bytes(self.files.target(self.attempt), json.dumps({
+                atomic_write_bytes(self.files.target(self.launch_no), json.dumps({
                     "kind": self.kind, "target": self.target, "runs": first.count,
                     "effective_runs": first.effective_count, "error_over_target": worst}).encode())
             return verdict

@@ -264,13 +264,13 @@ class Job:
     def output_text(self) -> str:
         """Standard output and error of every launch, with headers (``print_job_output``)."""
         parts = []
-        for attempt in self.files.attempts():
-            for path in (self.files.stdout(attempt), self.files.stderr(attempt)):
+        for launch_no in self.files.launch_numbers():
+            for path in (self.files.stdout(launch_no), self.files.stderr(launch_no)):
                 parts.append(self._section(path))
         return "".join(parts)
 
     def _text(self, which: Any) -> str:
-        return "".join(self._section(which(attempt)) for attempt in self.files.attempts())
+        return "".join(self._section(which(launch_no)) for launch_no in self.files.launch_numbers())
 
     @staticmethod
     def _section(path: Any) -> str:
@@ -278,36 +278,36 @@ class Job:
         return f"----- {path} -----\n{text}{'' if text.endswith(chr(10)) or not text else chr(10)}"
 
     # ------------------------------------------------------------------ launching
-    def start(self, attempt: int, queuing_system: str, n_tasks: int, queue_options: Mapping[str, Any]) -> int:
+    def start(self, launch_no: int, queuing_system: str, n_tasks: int, queue_options: Mapping[str, Any]) -> int:
         """Start a launch whose folder exists (made by :meth:`relaunch` or with the job).
 
         Raises:
             SubmissionError: the backend refused it (recorded in ``submit_error.txt``).
         """
         backend = backend_named(queuing_system)
-        plan = self.files.read_plan(attempt, self.space)
+        plan = self.files.read_plan(launch_no, self.space)
         n_tasks = max(1, min(n_tasks, len(plan.positions)))
         try:
-            info = backend.submit(self.files, attempt, n_tasks, dict(queue_options))
+            info = backend.submit(self.files, launch_no, n_tasks, dict(queue_options))
         except Exception as error:
             message = str(error).strip() or type(error).__name__
             try:
-                atomic_write_bytes(self.files.submit_error(attempt), message.encode())
+                atomic_write_bytes(self.files.submit_error(launch_no), message.encode())
                 self.record = self.db.update(self.name, status="submit_failed")
             except OSError:
                 pass
-            raise SubmissionError(f"job {self.name}, launch {attempt}: {backend.name} did not start it: "
+            raise SubmissionError(f"job {self.name}, launch {launch_no}: {backend.name} did not start it: "
                                   f"{message}") from error
         info = {**info, "backend": backend.name, "n_tasks": n_tasks, "queue_options": dict(queue_options)}
         _testhooks.hook("launch_submitted")
-        atomic_write_bytes(self.files.launch(attempt), json.dumps(info).encode())
+        atomic_write_bytes(self.files.launch(launch_no), json.dumps(info).encode())
         # A cancel that came while the launch was made wrote its marker before reading
         # launch.json; this reads the marker after writing launch.json: one of the two
         # sees the other, so the launch is stopped by one of them (or by both).
-        cancelled = self.files.cancel_request(attempt).exists()
+        cancelled = self.files.cancel_request(launch_no).exists()
         if cancelled:
-            backend.cancel(self.files, attempt, info)
-            say(f"job {self.name} was cancelled while launch {attempt} was being made: "
+            backend.cancel(self.files, launch_no, info)
+            say(f"job {self.name} was cancelled while launch {launch_no} was being made: "
                 f"stopped {backend.describe(info)}")
         _testhooks.hook("launch_recorded")
         try:
@@ -315,7 +315,7 @@ class Job:
                                          queue=backend.name, queue_job_id=str(info.get("job_id", info.get("pid"))))
         except OSError:
             pass
-        return attempt
+        return launch_no
 
     def relaunch(self, queuing_system: str, n_tasks: int, queue_options: Mapping[str, Any], *,
                  include_failed: bool = True, include_crashed: bool = False, fresh_streams: bool = False,
@@ -337,10 +337,10 @@ class Job:
         if isinstance(created, str):
             say(created)
             return None
-        attempt, count = created
+        launch_no, count = created
         n = min(n_tasks, count)
-        say(f"{what} {count} runs of job {self.name} on {n} MPI ranks, {queuing_system} (launch {attempt})")
-        return self.start(attempt, queuing_system, n, queue_options)
+        say(f"{what} {count} runs of job {self.name} on {n} MPI ranks, {queuing_system} (launch {launch_no})")
+        return self.start(launch_no, queuing_system, n, queue_options)
 
     def resubmit(self, n_tasks: int | None = None, queue_options: Mapping[str, Any] | None = None, *,
                  queuing_system: str | None = None, include_crashed: bool = False,
@@ -367,11 +367,11 @@ class Job:
                              include_crashed=include_crashed, fresh_streams=fresh_streams)
 
     def _last_launch_info(self) -> dict[str, Any]:
-        for attempt in reversed(self.files.attempts()):
-            info = self.files.read_json(self.files.launch(attempt))
+        for launch_no in reversed(self.files.launch_numbers()):
+            info = self.files.read_json(self.files.launch(launch_no))
             if isinstance(info, dict):
                 return info
-            creator = self.files.read_json(self.files.creator(attempt))
+            creator = self.files.read_json(self.files.creator(launch_no))
             if isinstance(creator, dict):
                 return creator
         return {}
@@ -401,21 +401,21 @@ class Job:
                     from parallelaverage.jobfiles.trust import write_pickle
 
                     write_pickle(self.files.sealed(launch.number), launch.tally)
-            attempt = (state.launches[-1].number if state.launches else 0) + 1
-            plan = LaunchPlan(runs, attempt if fresh_streams else 0)
-            self._make_launch_folder(attempt, plan, queuing_system)
+            launch_no = (state.launches[-1].number if state.launches else 0) + 1
+            plan = LaunchPlan(runs, launch_no if fresh_streams else 0)
+            self._make_launch_folder(launch_no, plan, queuing_system)
             _testhooks.hook("launch_created")
-            return attempt, len(runs)
+            return launch_no, len(runs)
 
-    def _make_launch_folder(self, attempt: int, plan: LaunchPlan, queuing_system: str) -> None:
+    def _make_launch_folder(self, launch_no: int, plan: LaunchPlan, queuing_system: str) -> None:
         """Stage the folder with its creator record and plan, then rename it into place."""
-        self.files.attempts_dir.mkdir(mode=0o700, exist_ok=True)
-        staging = self.files.attempts_dir / f".new-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.files.launches_dir.mkdir(mode=0o700, exist_ok=True)
+        staging = self.files.launches_dir / f".new-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
         try:
             atomic_write_bytes(staging / "creator.json", json.dumps({**Creator.now(), "backend": queuing_system}).encode())
             atomic_write_bytes(staging / "runs.json", plan.to_bytes(self.space))
-            os.rename(staging, self.files.attempt_dir(attempt))
+            os.rename(staging, self.files.launch_dir(launch_no))
         except BaseException:
             import shutil
 
@@ -440,8 +440,8 @@ class Job:
             atomic_write_bytes(self.files.cancel_request(launch.number), b"")
             info = launch.info or self.files.read_json(self.files.launch(launch.number))  # made meanwhile?
             if isinstance(info, dict) and launch.backend:
-                runner, runner_attempt = launch_runner(self.files, launch.number, info)
-                backend_named(launch.backend).cancel(runner, runner_attempt, info)
+                runner, runner_launch_no = launch_runner(self.files, launch.number, info)
+                backend_named(launch.backend).cancel(runner, runner_launch_no, info)
                 if runner is not self.files:
                     shared += [name for name in batch_members(runner) if name != self.name]
         try:
@@ -466,11 +466,11 @@ def prefetch_states(jobs: Sequence[Job]) -> None:
     """
     by_backend: dict[str, list[tuple[JobFiles, int, Any]]] = {}
     for job in jobs:
-        for attempt in job.files.attempts():
-            info = job.files.read_json(job.files.launch(attempt))
+        for launch_no in job.files.launch_numbers():
+            info = job.files.read_json(job.files.launch(launch_no))
             if isinstance(info, dict):
                 by_backend.setdefault(info.get("backend") or job.record.queue or "local", []).append(
-                    (*launch_runner(job.files, attempt, info), info))
+                    (*launch_runner(job.files, launch_no, info), info))
     for name, launches in by_backend.items():
         try:
             backend_named(name).states(launches)
@@ -486,7 +486,7 @@ def build_result(files: JobFiles, state: JobState, job_name: str, average: Any, 
         return None
     outputs = None
     if average is None or keep_runs:
-        paths = [path for attempt in files.attempts() for path in files.all_outputs(attempt)
+        paths = [path for launch_no in files.launch_numbers() for path in files.all_outputs(launch_no)
                  if path.suffix != ".idx"]
         outputs = RunOutputs(OutputIndex(paths, space), space, state.done)
     if average is None:
@@ -530,7 +530,7 @@ def start_batch(db: JobDatabase, jobs: Sequence[Job], queuing_system: str, n_tas
     """
     folder = db.new_batch_folder(jobs[0].name, len(jobs))
     files = JobFiles(folder)
-    files.attempt_dir(1).mkdir(mode=0o700, parents=True)
+    files.launch_dir(1).mkdir(mode=0o700, parents=True)
     members = [{"dir": str(job.files.dir.resolve()), "launch": 1, "job": job.name} for job in jobs]
     atomic_write_bytes(files.batch, json.dumps({"schema": 1, "members": members}).encode())
     backend = backend_named(queuing_system)

@@ -373,22 +373,22 @@ class Member:
     holding the indices ``offset .. offset + len(plan) - 1``.
     """
 
-    def __init__(self, files: JobFiles, attempt: int, life: int, rank: int, payload: Payload,
+    def __init__(self, files: JobFiles, launch_no: int, life: int, rank: int, payload: Payload,
                  plan: LaunchPlan, space: RunSpace, offset: int) -> None:
-        self.files, self.attempt, self.life, self.rank = files, attempt, life, rank
+        self.files, self.launch_no, self.life, self.rank = files, launch_no, life, rank
         self.payload, self.space, self.offset = payload, space, offset
         self.plan = plan
         self.runs = _Plan(plan.positions, space)
-        self.writer = OutputWriter(files.outputs(attempt, rank, payload.encoding, life), payload.encoding) \
+        self.writer = OutputWriter(files.outputs(launch_no, rank, payload.encoding, life), payload.encoding) \
             if payload.keep_runs else None
         self.recorder = RunRecorder(payload, self.writer)
-        self.snapshot_path = files.snapshot(attempt, rank, life)
-        self.log_path = files.done_log(attempt, rank, life)
+        self.snapshot_path = files.snapshot(launch_no, rank, life)
+        self.log_path = files.done_log(launch_no, rank, life)
         self.logged_pairs = self.logged_index = 0
         self.snapshotted = -1  # runs recorded at the last snapshot
         # target_error=: rank 0 watches the merged error; once below, the rest of the runs
         # are claimed without being run, so that every rank's claims end (see _target)
-        self.watch = TargetWatch(files, attempt, payload.target[0], payload.target[1], life=life) \
+        self.watch = TargetWatch(files, launch_no, payload.target[0], payload.target[1], life=life) \
             if payload.target and rank == 0 else None
         self.stopped = False
 
@@ -583,7 +583,7 @@ def patiently(write: Any, patience_s: float | None = None) -> bool:
     return True
 
 
-def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, status: RankStatus,
+def merge_and_write(files: JobFiles, launch_no: int, tally: Tally, comm: Any, status: RankStatus,
                     life: int = 0, planned: int = 0) -> int:
     """Merge every rank's tally (statistics by allreduce, one per layout and element);
     rank 0 writes the life's result. Returns (on every rank) how many planned runs are left."""
@@ -616,15 +616,15 @@ def merge_and_write(files: JobFiles, attempt: int, tally: Tally, comm: Any, stat
 
     def write_result() -> bool:
         try:
-            write_pickle(files.result(attempt, life), result)
+            write_pickle(files.result(launch_no, life), result)
         except OSError as error:
-            report_write_error(status, 0, f"cannot write the launch's result {files.result(attempt, life)}", error)
+            report_write_error(status, 0, f"cannot write the launch's result {files.result(launch_no, life)}", error)
             return False
         status.clear_error()
         return True
 
     if not patiently(write_result):
-        raise OSError(f"gave up writing {files.result(attempt, life)} after {FINAL_WRITE_PATIENCE_S:g} s")
+        raise OSError(f"gave up writing {files.result(launch_no, life)} after {FINAL_WRITE_PATIENCE_S:g} s")
     return int(comm.bcast(max(0, planned - len(result.done) - len(result.failed)), root=0))
 
 
@@ -663,7 +663,7 @@ def _load_payload(files: JobFiles) -> Payload:
     return payload
 
 
-def _members_of(files: JobFiles, attempt: int, life: int, comm: Any) -> list[Member]:
+def _members_of(files: JobFiles, launch_no: int, life: int, comm: Any) -> list[Member]:
     """The jobs this launch runs (one, or a batch's) with what is left of their plans in this
     life: rank 0 reads and seals, the others receive it."""
     rank = comm.Get_rank()
@@ -674,7 +674,7 @@ def _members_of(files: JobFiles, attempt: int, life: int, comm: Any) -> list[Mem
             entries = json.loads(batch.read_bytes())["members"]
             jobs = [(JobFiles(entry["dir"]), int(entry["launch"])) for entry in entries]
         else:
-            jobs = [(files, attempt)]
+            jobs = [(files, launch_no)]
         described = [(str(job.dir), number, *_plan_of_this_life(job, number, life)) for job, number in jobs]
     described = comm.bcast(described, root=0)
     members, offset = [], 0
@@ -695,31 +695,31 @@ def main(argv: list[str]) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    files, attempt = JobFiles(argv[0]), int(argv[1])
+    files, launch_no = JobFiles(argv[0]), int(argv[1])
     mismatch = world_mismatch(comm.Get_size(), os.environ, MPI.Get_library_version())
     if mismatch is not None:  # alone in its world, this process would run every run: none at all
-        atomic_write_bytes(files.fatal(attempt, comm.Get_rank()), mismatch.encode())
+        atomic_write_bytes(files.fatal(launch_no, comm.Get_rank()), mismatch.encode())
         say(mismatch, file=sys.stderr)
         return 1
     rank = comm.Get_rank()
     life = _life()
-    files.life_dir(attempt, life).mkdir(mode=0o700, exist_ok=True)
-    status = RankStatus(files.rank_status(attempt, rank, life))
+    files.life_dir(launch_no, life).mkdir(mode=0o700, exist_ok=True)
+    status = RankStatus(files.rank_status(launch_no, rank, life))
     status.catch_crashes()
     CHECKPOINTS.status = status
     try:
-        members = _members_of(files, attempt, life, comm)
+        members = _members_of(files, launch_no, life, comm)
         for member in members:
-            member.files.life_dir(member.attempt, life).mkdir(mode=0o700, exist_ok=True)
+            member.files.life_dir(member.launch_no, life).mkdir(mode=0o700, exist_ok=True)
         stopped_early = execute(members, comm, status)
     except Exception:
         # e.g. the function's module cannot be imported here: say so where the caller looks
-        return _fatal(files, attempt, rank, status, comm, life)
+        return _fatal(files, launch_no, rank, status, comm, life)
     status.set_stage("merging")
     left = 0
     try:
         for member in members:
-            left += merge_and_write(member.files, member.attempt, member.recorder.tally, comm, status, life,
+            left += merge_and_write(member.files, member.launch_no, member.recorder.tally, comm, status, life,
                                     len(member.plan.positions))
     except Exception:
         # every run is in the snapshots, which the caller merges instead; the
@@ -735,10 +735,10 @@ def main(argv: list[str]) -> int:
     if comm.allreduce(int(stopped_early)) and left:
         if rank == 0:
             for member in members:
-                atomic_write_bytes(member.files.life_end(member.attempt, life), json.dumps(
+                atomic_write_bytes(member.files.life_end(member.launch_no, life), json.dumps(
                     {"reason": "deadline", "left": left, "life": life}).encode())
             if files.dir != members[0].files.dir:
-                atomic_write_bytes(files.life_end(attempt, life), json.dumps(
+                atomic_write_bytes(files.life_end(launch_no, life), json.dumps(
                     {"reason": "deadline", "left": left, "life": life}).encode())
         return REQUEUE_ME
     return 0
@@ -757,34 +757,34 @@ def _life() -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _plan_of_this_life(files: JobFiles, attempt: int, life: int) -> tuple[LaunchPlan, RunSpace]:
+def _plan_of_this_life(files: JobFiles, launch_no: int, life: int) -> tuple[LaunchPlan, RunSpace]:
     """The launch's plan, less what its earlier lives did: each earlier life is sealed first,
     so that a rank of an earlier life still running (on a node SLURM gave up on) cannot
     make a run count twice."""
-    plan, space = LaunchPlan.read_with_space(files.runs(attempt))
+    plan, space = LaunchPlan.read_with_space(files.runs(launch_no))
     if life == 0:
         return plan, space
     earlier = Tally()
-    for before in [n for n in files.lives(attempt) if n < life]:
-        seal = files.life_seal(attempt, before)
+    for before in [n for n in files.lives(launch_no) if n < life]:
+        seal = files.life_seal(launch_no, before)
         problems: list[str] = []
-        tally, _ = read_life_tally(files, attempt, before, problems)
+        tally, _ = read_life_tally(files, launch_no, before, problems)
         if not seal.exists():
             write_pickle(seal, tally)
         for problem in problems:
-            say(f"life {life} of launch {attempt}: {problem}", file=sys.stderr)
+            say(f"life {life} of launch {launch_no}: {problem}", file=sys.stderr)
         earlier = earlier.merged(tally)
     left = plan.positions.difference(earlier.done).difference(earlier.failed)
     return LaunchPlan(left, plan.stream_generation), space
 
 
-def _fatal(files: JobFiles, attempt: int, rank: int, status: RankStatus, comm: Any, life: int = 0) -> int:
+def _fatal(files: JobFiles, launch_no: int, rank: int, status: RankStatus, comm: Any, life: int = 0) -> int:
     text = traceback.format_exc()
     status.set_stage("failed_to_start")
     status.set_error(text[-3000:])
     status.flush()
     try:
-        files.fatal(attempt, rank, life).write_text(text)
+        files.fatal(launch_no, rank, life).write_text(text)
     except OSError:
         pass
     traceback.print_exc()

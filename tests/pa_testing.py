@@ -38,8 +38,8 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def launch_pid(path, job_name: str, attempt: int = 1) -> int:
-    launch = (path / ".parallelaverage" / job_name / "attempts" / str(attempt) / "launch.json").read_text()
+def launch_pid(path, job_name: str, launch_no: int = 1) -> int:
+    launch = (path / ".parallelaverage" / job_name / "attempts" / str(launch_no) / "launch.json").read_text()
     return int(json.loads(launch)["pid"])
 
 

@@ -125,6 +125,32 @@ def test_the_message_prefix_has_one_home():
     assert spelled == []
 
 
+RETIRED_WORDS = {"attempt": "launch_no", "attempts": "launch_numbers", "attempt_dir": "launch_dir"}
+"""Names the code no longer uses (docs/architecture.md, "Words"): a launch is a launch. Only
+strings keep the old word where files on disk and users' templates need it (``attempts/<k>``,
+``{{attempt}}``)."""
+
+
+def test_one_word_for_a_launch_in_every_name():
+    """No identifier (variable, argument, attribute, function) says ``attempt``."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Name):
+                names = [node.id]
+            elif isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, ast.arg):
+                names = [node.arg]
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.keyword) and node.arg:
+                names = [node.arg]
+            found += [f"{module_name(path)}:{node.lineno} {name}" for name in names if "attempt" in name.lower()]
+    assert found == [], f"say launch (see RETIRED_WORDS {RETIRED_WORDS}): {found}"
+
+
 def test_the_job_folder_layout_knows_nothing_of_statistics_and_the_formats_nothing_of_backends():
     assert not {i for i in GRAPH["parallelaverage.jobfiles.layout"] if "stats" in i or "_kernels" in i}
     above = ("parallelaverage.backends", "parallelaverage.jobdb", "parallelaverage.job", "parallelaverage._state",

@@ -35,9 +35,9 @@ __all__ = ["Backend", "LaunchState", "worker_argv", "worker_environment"]
 _WORKER_MAIN = "import sys; del sys.path[0]; from parallelaverage.worker import main; sys.exit(main(sys.argv[1:]))"
 
 
-def worker_argv(python: str, job_dir: str | os.PathLike[str], attempt: int) -> list[str]:
+def worker_argv(python: str, job_dir: str | os.PathLike[str], launch_no: int) -> list[str]:
     """The command every rank runs: ``python -P -m parallelaverage.worker JOBDIR LAUNCH``."""
-    job = [os.fspath(job_dir), str(attempt)]
+    job = [os.fspath(job_dir), str(launch_no)]
     if sys.version_info >= (3, 11):
         return [python, "-P", "-m", "parallelaverage.worker", *job]
     return [python, "-c", _WORKER_MAIN, *job]
@@ -72,8 +72,8 @@ class Backend(ABC):
     """Of those, the failures that may have come after the command took effect."""
 
     # ------------------------------------------------------------------ submitting
-    def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Start launch ``attempt`` of the job; return what identifies it (stored in ``launch.json``).
+    def submit(self, files: JobFiles, launch_no: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Start launch ``launch_no`` of the job; return what identifies it (stored in ``launch.json``).
 
         Renders the script (:meth:`render`), writes it to the launch folder, waits until
         the queue has room for it (:meth:`admit`), runs the submit command
@@ -86,53 +86,53 @@ class Backend(ABC):
             RuntimeError: the submit command failed (after retries); the message holds
                 its error output.
         """
-        script = self.render(files, attempt, n_tasks, options)
-        path = files.attempt_dir(attempt) / self.script_name
+        script = self.render(files, launch_no, n_tasks, options)
+        path = files.launch_dir(launch_no) / self.script_name
         atomic_write_bytes(path, script.encode())
         os.chmod(path, stat.S_IRWXU)
-        argv = self.submit_argv(files, attempt, path)
-        self.admit(files, attempt, options)
+        argv = self.submit_argv(files, launch_no, path)
+        self.admit(files, launch_no, options)
         while True:
-            done, tries = self.run_command(argv, env=self.submit_env(files, attempt, options),
-                                           already_done=lambda: self.submitted(files, attempt, path))
-            if done.returncode == 0 or not self.wait_after_refusal(files, attempt, options, done):
+            done, tries = self.run_command(argv, env=self.submit_env(files, launch_no, options),
+                                           already_done=lambda: self.submitted(files, launch_no, path))
+            if done.returncode == 0 or not self.wait_after_refusal(files, launch_no, options, done):
                 break
         if done.returncode != 0:
             raise self.failure(f"{Path(argv[0]).name} {path}", done, tries)
-        return {"backend": self.name, **self.parse_submission(done.stdout, files, attempt, path), "script": str(path)}
+        return {"backend": self.name, **self.parse_submission(done.stdout, files, launch_no, path), "script": str(path)}
 
     @abstractmethod
-    def render(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> str:
+    def render(self, files: JobFiles, launch_no: int, n_tasks: int, options: Mapping[str, Any]) -> str:
         """The launch's script (the golden-file tests read this)."""
 
     @abstractmethod
-    def submit_argv(self, files: JobFiles, attempt: int, script: Path) -> list[str]:
+    def submit_argv(self, files: JobFiles, launch_no: int, script: Path) -> list[str]:
         """The command that submits (or starts) the written script."""
 
     @abstractmethod
-    def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
+    def parse_submission(self, output: str, files: JobFiles, launch_no: int, script: Path) -> dict[str, Any]:
         """What identifies the launch, from the submit command's standard output.
 
         Raises:
             RuntimeError: the output holds no identity.
         """
 
-    def submit_env(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> dict[str, str] | None:
+    def submit_env(self, files: JobFiles, launch_no: int, options: Mapping[str, Any]) -> dict[str, str] | None:
         """The environment of the submit command (None: the caller's)."""
         return None
 
-    def admit(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> None:
+    def admit(self, files: JobFiles, launch_no: int, options: Mapping[str, Any]) -> None:
         """Wait, if need be, until the queue accepts one more launch (a per-user limit on
         queued jobs); by default at once."""
 
-    def wait_after_refusal(self, files: JobFiles, attempt: int, options: Mapping[str, Any],
+    def wait_after_refusal(self, files: JobFiles, launch_no: int, options: Mapping[str, Any],
                            done: subprocess.CompletedProcess[str]) -> bool:
         """After the submit command failed for good: whether the refusal was one that
         passes (a full queue), in which case this waits until it has passed and the
         command runs again. By default, False: the failure is final."""
         return False
 
-    def submitted(self, files: JobFiles, attempt: int, script: Path) -> str | None:
+    def submitted(self, files: JobFiles, launch_no: int, script: Path) -> str | None:
         """The submit command's output if it took effect although its answer was lost
         (only asked after a failure matching :attr:`maybe_done_errors`)."""
         return None
@@ -202,19 +202,19 @@ class Backend(ABC):
 
     # ------------------------------------------------------------------ watching
     @abstractmethod
-    def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> LaunchState:
+    def state(self, files: JobFiles, launch_no: int, launch: Mapping[str, Any]) -> LaunchState:
         """Whether the launch is still ``"running"`` or has ``"ended"``."""
 
     def states(self, launches: Sequence[tuple[JobFiles, int, Mapping[str, Any]]]) -> list[LaunchState]:
         """The states of many launches at once; backends with a queue to ask override it
         to ask once for all (SLURM: one ``squeue`` call)."""
-        return [self.state(files, attempt, launch) for files, attempt, launch in launches]
+        return [self.state(files, launch_no, launch) for files, launch_no, launch in launches]
 
     @abstractmethod
-    def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> None:
+    def cancel(self, files: JobFiles, launch_no: int, launch: Mapping[str, Any]) -> None:
         """Stop the launch and every process it started."""
 
-    def recover(self, files: JobFiles, attempt: int) -> dict[str, Any] | None:
+    def recover(self, files: JobFiles, launch_no: int) -> dict[str, Any] | None:
         """What identifies a launch whose maker died before writing its ``launch.json``
         (the launch may have started anyway), or None if it never started."""
         return None

@@ -33,7 +33,7 @@ _DETACH = 'sh "$1" </dev/null >>"$2" 2>>"$3" & echo $!'
 
 _SCRIPT = """\
 #!/bin/sh
-# parallelaverage job {job_name}, launch {attempt}: {n_tasks} MPI ranks on this machine
+# parallelaverage job {job_name}, launch {launch_no}: {n_tasks} MPI ranks on this machine
 {exports}
 {launch} &
 child=$!
@@ -45,18 +45,18 @@ exit "$code"
 """
 
 
-def render_local_script(files: JobFiles, attempt: int, n_tasks: int, *, python: str, pythonpath: str,
+def render_local_script(files: JobFiles, launch_no: int, n_tasks: int, *, python: str, pythonpath: str,
                         mpiexec: str | None = None) -> str:
     """The script of a local launch: environment, mpiexec, pid and exit status."""
-    command, extra_env = mpiexec_command(n_tasks, worker_argv(python, files.dir, attempt), mpiexec)
+    command, extra_env = mpiexec_command(n_tasks, worker_argv(python, files.dir, launch_no), mpiexec)
     # a local launch has one life and no time limit, also when the caller runs inside a SLURM job
     exports = {"PYTHONPATH": pythonpath, "PARALLELAVERAGE_LIFE": "0", **extra_env}
     return _SCRIPT.format(
-        job_name=files.dir.name, attempt=attempt, n_tasks=n_tasks,
+        job_name=files.dir.name, launch_no=launch_no, n_tasks=n_tasks,
         exports="\n".join([f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
                           + ["unset PARALLELAVERAGE_END_TIME"]),
-        launch=shlex.join(command), pid_file=shlex.quote(str(launcher_pid_file(files, attempt))),
-        exit_file=shlex.quote(str(files.exit_code(attempt))),
+        launch=shlex.join(command), pid_file=shlex.quote(str(launcher_pid_file(files, launch_no))),
+        exit_file=shlex.quote(str(files.exit_code(launch_no))),
     )
 
 
@@ -98,24 +98,24 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def launcher_pid_file(files: JobFiles, attempt: int) -> Path:
-    return files.attempt_dir(attempt) / "launcher.pid"
+def launcher_pid_file(files: JobFiles, launch_no: int) -> Path:
+    return files.launch_dir(launch_no) / "launcher.pid"
 
 
-def _launcher_alive(files: JobFiles, attempt: int) -> bool:
+def _launcher_alive(files: JobFiles, launch_no: int) -> bool:
     """Whether the mpiexec of a launch still runs (its pid, checked against its command line)."""
     try:
-        pid = int(launcher_pid_file(files, attempt).read_text())
+        pid = int(launcher_pid_file(files, launch_no).read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False
     return _start_ticks(pid) is not None and os.fsencode(str(files.dir.resolve())) in cmdline
 
 
-def live_ranks(files: JobFiles, attempt: int) -> list[int]:
+def live_ranks(files: JobFiles, launch_no: int) -> list[int]:
     """Pids of the ranks of a launch still alive on this host (pid and start time both match)."""
     alive = []
-    for rank, path in files.rank_statuses(attempt):
+    for rank, path in files.rank_statuses(launch_no):
         info = read_rank_status(path, rank)
         if info is not None and info.alive():
             alive.append(info.pid)
@@ -128,16 +128,16 @@ class LocalBackend(Backend):
     name = "local"
     script_name = "launch.sh"
 
-    def render(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> str:
+    def render(self, files: JobFiles, launch_no: int, n_tasks: int, options: Mapping[str, Any]) -> str:
         resolved = JobFiles(files.dir.resolve())
-        return render_local_script(resolved, attempt, n_tasks, python=sys.executable,
+        return render_local_script(resolved, launch_no, n_tasks, python=sys.executable,
                                    pythonpath=worker_environment()["PYTHONPATH"])
 
-    def submit_argv(self, files: JobFiles, attempt: int, script: Path) -> list[str]:
-        return ["/bin/sh", "-c", _DETACH, "sh", str(script.resolve()), str(files.stdout(attempt).resolve()),
-                str(files.stderr(attempt).resolve())]
+    def submit_argv(self, files: JobFiles, launch_no: int, script: Path) -> list[str]:
+        return ["/bin/sh", "-c", _DETACH, "sh", str(script.resolve()), str(files.stdout(launch_no).resolve()),
+                str(files.stderr(launch_no).resolve())]
 
-    def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
+    def parse_submission(self, output: str, files: JobFiles, launch_no: int, script: Path) -> dict[str, Any]:
         words = output.split()
         if not words or not words[-1].isdigit():
             raise RuntimeError(f"starting {script} printed no process id: {output!r}")
@@ -150,25 +150,25 @@ class LocalBackend(Backend):
     def describe(self, launch: Mapping[str, Any]) -> str:
         return f"local launch (pid {launch.get('pid', '?')})"
 
-    def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
+    def state(self, files: JobFiles, launch_no: int, launch: Mapping[str, Any]) -> str:
         """Running while the wrapper, mpiexec or any rank lives: a rank or an mpiexec that
         outlives a killed wrapper still claims runs and writes snapshots."""
-        if files.exit_code(attempt).exists() and files.result(attempt).exists():
+        if files.exit_code(launch_no).exists() and files.result(launch_no).exists():
             return "ended"  # rank 0 wrote the result after every rank merged: nothing runs any more
-        if not files.exit_code(attempt).exists():
-            if _alive(int(launch["pid"]), launch.get("start_ticks")) or _launcher_alive(files, attempt):
+        if not files.exit_code(launch_no).exists():
+            if _alive(int(launch["pid"]), launch.get("start_ticks")) or _launcher_alive(files, launch_no):
                 return "running"
-        return "running" if live_ranks(files, attempt) else "ended"
+        return "running" if live_ranks(files, launch_no) else "ended"
 
-    def recover(self, files: JobFiles, attempt: int) -> dict[str, Any] | None:
+    def recover(self, files: JobFiles, launch_no: int) -> dict[str, Any] | None:
         """A launch whose maker died after starting mpiexec: its launcher's pid file says so."""
         try:
-            pid = int(launcher_pid_file(files, attempt).read_text())
+            pid = int(launcher_pid_file(files, launch_no).read_text())
         except (OSError, ValueError):
             return None
         return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "recovered": True}
 
-    def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any], grace_s: float = 3.0) -> None:
+    def cancel(self, files: JobFiles, launch_no: int, launch: Mapping[str, Any], grace_s: float = 3.0) -> None:
         """SIGTERM the launcher and every process below it, then SIGKILL what is left.
 
         Hydra starts its proxies and the ranks in sessions of their own, so signalling
@@ -176,7 +176,7 @@ class LocalBackend(Backend):
         """
         pid = int(launch["pid"])
         tree = [pid, *_descendants(pid)] if _alive(pid, launch.get("start_ticks")) else []
-        tree += [rank for rank in live_ranks(files, attempt) if rank not in tree]  # orphaned ranks too
+        tree += [rank for rank in live_ranks(files, launch_no) if rank not in tree]  # orphaned ranks too
         if not tree:
             return
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):

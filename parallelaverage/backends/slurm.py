@@ -114,7 +114,7 @@ class SlurmBackend(Backend):
     maybe_done_errors = _MAYBE_DONE
 
     # ------------------------------------------------------------------ hooks
-    def render(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> str:
+    def render(self, files: JobFiles, launch_no: int, n_tasks: int, options: Mapping[str, Any]) -> str:
         """The job script (``attempts/<k>/job.sbatch``), from the user's template if any.
 
         Raises:
@@ -122,27 +122,27 @@ class SlurmBackend(Backend):
         """
         check_slurm_options(options)
         template, source = load_template()
-        return render_script(ScriptInputs.for_launch(files, attempt, n_tasks, options), template, source)
+        return render_script(ScriptInputs.for_launch(files, launch_no, n_tasks, options), template, source)
 
-    def submit_argv(self, files: JobFiles, attempt: int, script: Path) -> list[str]:
+    def submit_argv(self, files: JobFiles, launch_no: int, script: Path) -> list[str]:
         return ["sbatch", "--parsable", str(script)]
 
-    def submit(self, files: JobFiles, attempt: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        info = super().submit(files, attempt, n_tasks, options)
+    def submit(self, files: JobFiles, launch_no: int, n_tasks: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        info = super().submit(files, launch_no, n_tasks, options)
         _SUBMITS.refusals = 0
-        queue_watcher().submitted(files, attempt, str(info["job_id"]))  # first look at it in 2 s
+        queue_watcher().submitted(files, launch_no, str(info["job_id"]))  # first look at it in 2 s
         return info
 
     # ------------------------------------------------------------------ submit limits
-    def admit(self, files: JobFiles, attempt: int, options: Mapping[str, Any]) -> None:
+    def admit(self, files: JobFiles, launch_no: int, options: Mapping[str, Any]) -> None:
         """Under a submit limit this process has met before (a refusal taught it), wait
         before ``sbatch`` until this user's queued and running jobs are fewer."""
         limits = _SUBMITS.limits.get(_limit_key(options))
         if limits:
             limit = min(limits, key=lambda item: item.jobs)
-            self._wait_for_room(files, attempt, limit.jobs, f"{limit} is reached", limit)
+            self._wait_for_room(files, launch_no, limit.jobs, f"{limit} is reached", limit)
 
-    def wait_after_refusal(self, files: JobFiles, attempt: int, options: Mapping[str, Any],
+    def wait_after_refusal(self, files: JobFiles, launch_no: int, options: Mapping[str, Any],
                            done: subprocess.CompletedProcess[str]) -> bool:
         """``sbatch`` refused the job for a submit limit (``AssocMaxSubmitJobLimit``,
         ``QOSMaxSubmitJobPerUserLimit``...): wait until one of this user's jobs has left
@@ -163,11 +163,11 @@ class SlurmBackend(Backend):
         time.sleep(min(watcher.longest_wait_s, watcher.first_look_s * 2 ** (_SUBMITS.refusals - 1)))
         count = watcher.active_jobs(refresh_after_s=0.0)
         below = min(count, limit.jobs) if limit is not None else count
-        self._wait_for_room(files, attempt, max(1, below), f"sbatch said {reason}"
+        self._wait_for_room(files, launch_no, max(1, below), f"sbatch said {reason}"
                             + (f" ({limit})" if limit is not None else ""), limit)
         return True
 
-    def _wait_for_room(self, files: JobFiles, attempt: int, below: int, why: str, limit: SubmitLimit | None) -> None:
+    def _wait_for_room(self, files: JobFiles, launch_no: int, below: int, why: str, limit: SubmitLimit | None) -> None:
         """Block until fewer than ``below`` of this user's jobs (of the limit's account or
         QOS) are queued or running. The count comes from the watcher: its listings (asked
         at most every 2 s, then every 4, 8... up to 60 s while the wait lasts) and this
@@ -183,7 +183,7 @@ class SlurmBackend(Backend):
         if count < below:
             return
         said_at = started
-        say(f"launch {attempt} of job {files.dir.name} waits for room in the SLURM queue: {why}, with {count} "
+        say(f"launch {launch_no} of job {files.dir.name} waits for room in the SLURM queue: {why}, with {count} "
             f"of your jobs queued or running; it is submitted when one of them ends", file=sys.stderr)
         while True:
             waited = time.monotonic() - started
@@ -193,9 +193,9 @@ class SlurmBackend(Backend):
                                    "jobs queued or running")
             if time.monotonic() - said_at > 600:
                 said_at = time.monotonic()
-                say(f"launch {attempt} of job {files.dir.name} still waits for room in the SLURM queue "
+                say(f"launch {launch_no} of job {files.dir.name} still waits for room in the SLURM queue "
                     f"({count} of your jobs queued or running, {waited / 60:.0f} min so far)", file=sys.stderr)
-            Creator.still_at_work(files.creator(attempt))  # other hosts must not take it for abandoned
+            Creator.still_at_work(files.creator(launch_no))  # other hosts must not take it for abandoned
             time.sleep(1.0)
             refresh_after_s = min(watcher.longest_wait_s, max(watcher.first_look_s, waited / 2))
             count = watcher.active_jobs(account=account, qos=qos, refresh_after_s=refresh_after_s)
@@ -206,7 +206,7 @@ class SlurmBackend(Backend):
         done = self.run_once(argv)
         return done.stdout if done.returncode == 0 else None
 
-    def parse_submission(self, output: str, files: JobFiles, attempt: int, script: Path) -> dict[str, Any]:
+    def parse_submission(self, output: str, files: JobFiles, launch_no: int, script: Path) -> dict[str, Any]:
         # --parsable prints "<id>" or "<id>;<cluster>"
         job_id = output.strip().splitlines()[-1].split(";")[0].strip() if output.strip() else ""
         if not job_id.isdigit():
@@ -216,7 +216,7 @@ class SlurmBackend(Backend):
             info["template"] = str(template_path())
         return info
 
-    def submitted(self, files: JobFiles, attempt: int, script: Path) -> str | None:
+    def submitted(self, files: JobFiles, launch_no: int, script: Path) -> str | None:
         return self._submitted(script, files.dir.name)
 
     def missing_command(self, command: str) -> str:
@@ -248,9 +248,9 @@ class SlurmBackend(Backend):
                 return job_id
         return None
 
-    def recover(self, files: JobFiles, attempt: int) -> dict[str, Any] | None:
+    def recover(self, files: JobFiles, launch_no: int) -> dict[str, Any] | None:
         """A launch whose maker died after sbatch accepted it: found by name and script."""
-        script = files.attempt_dir(attempt) / "job.sbatch"
+        script = files.launch_dir(launch_no) / "job.sbatch"
         if not script.exists():
             return None
         try:
@@ -261,8 +261,8 @@ class SlurmBackend(Backend):
             return None
         return {"backend": self.name, "job_id": job_id, "script": str(script), "recovered": True}
 
-    def state(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> str:
-        return self.states([(files, attempt, launch)])[0]
+    def state(self, files: JobFiles, launch_no: int, launch: Mapping[str, Any]) -> str:
+        return self.states([(files, launch_no, launch)])[0]
 
     def states(self, launches: Sequence[tuple[JobFiles, int, Mapping[str, Any]]]) -> list[str]:
         """The state of many launches, from their files, their ranks' status records and,
@@ -270,7 +270,7 @@ class SlurmBackend(Backend):
         :mod:`parallelaverage.backends.slurm_queue`).
 
         Args:
-            launches: ``(files, attempt, launch info)`` triples, e.g. every launch of a
+            launches: ``(files, launch number, launch info)`` triples, e.g. every launch of a
                 database.
 
         Returns:
@@ -283,21 +283,21 @@ class SlurmBackend(Backend):
         return queue_watcher().states(launches)
 
     @staticmethod
-    def _finished(files: JobFiles, attempt: int) -> bool:
+    def _finished(files: JobFiles, launch_no: int) -> bool:
         """Whether the launch's files alone say it is over: its script wrote the exit status 0
         after its last life's result (a batch of ``f.map``: its jobs' results). Any other exit
         status is only a hint: SLURM may be requeueing the job (a node failure) and run
         another life of it; squeue says."""
-        return files.exit_status(attempt) == 0 and (files.result(attempt).exists() or files.batch.exists())
+        return files.exit_status(launch_no) == 0 and (files.result(launch_no).exists() or files.batch.exists())
 
-    def cancel(self, files: JobFiles, attempt: int, launch: Mapping[str, Any]) -> None:
+    def cancel(self, files: JobFiles, launch_no: int, launch: Mapping[str, Any]) -> None:
         """``scancel`` the launch's job by its id, then wait until its processes are gone.
 
         A job is never cancelled by name: two users' jobs (or two databases') can share
         one. Waits at most :attr:`cancel_timeout_s` (SLURM's ``KillWait`` decides how
         long ranks that ignore SIGTERM live), then warns and returns.
         """
-        if self.state(files, attempt, launch) == "ended":
+        if self.state(files, launch_no, launch) == "ended":
             return
         job_id = str(launch["job_id"])
         done, tries = self.run_command(["scancel", job_id])
@@ -312,7 +312,7 @@ class SlurmBackend(Backend):
                 if row is None:
                     return
                 if row.state in TERMINAL_STATES:  # COMPLETING (processes still ending) is not terminal
-                    self._cache_row(files, attempt, job_id, row)
+                    self._cache_row(files, launch_no, job_id, row)
                     return
                 if time.monotonic() > deadline:
                     warn(f"SLURM job {job_id} is still {row.state} {self.cancel_timeout_s:g} s after scancel",
@@ -320,17 +320,17 @@ class SlurmBackend(Backend):
                     return
                 poll_s = min(5.0, poll_s * 2)
         finally:
-            queue_watcher().ended(files, attempt)
+            queue_watcher().ended(files, launch_no)
 
     def describe(self, launch: Mapping[str, Any]) -> str:
         return f"SLURM job {launch.get('job_id', '?')}"
 
     # ------------------------------------------------------------------ state
     @staticmethod
-    def cached_state(files: JobFiles, attempt: int, job_id: str) -> str | None:
+    def cached_state(files: JobFiles, launch_no: int, job_id: str) -> str | None:
         """The terminal SLURM state recorded for the launch, if any."""
         try:
-            cached = json.loads((files.attempt_dir(attempt) / "slurm_state").read_bytes())
+            cached = json.loads((files.launch_dir(launch_no) / "slurm_state").read_bytes())
         except (OSError, ValueError):
             return None
         if not isinstance(cached, dict) or str(cached.get("job_id")) != job_id:
@@ -338,10 +338,10 @@ class SlurmBackend(Backend):
         return cached.get("state")
 
     @staticmethod
-    def _cache_row(files: JobFiles, attempt: int, job_id: str, row: JobRow) -> None:
+    def _cache_row(files: JobFiles, launch_no: int, job_id: str, row: JobRow) -> None:
         record = {"job_id": job_id, "state": row.state, "reason": row.reason, "seen_at": time.time()}
         try:
-            atomic_write_bytes(files.attempt_dir(attempt) / "slurm_state", json.dumps(record).encode())
+            atomic_write_bytes(files.launch_dir(launch_no) / "slurm_state", json.dumps(record).encode())
         except OSError:
             pass  # a read-only database: the state is asked again next time
 

@@ -99,7 +99,7 @@ class _Watched:
     """What the watcher remembers of one launch."""
 
     files: JobFiles
-    attempt: int
+    launch_no: int
     job_id: str
     uid: int
     covered_after_wall: float  # a listing taken after this (time.time()) shows the job if it is queued
@@ -110,7 +110,7 @@ class _Watched:
     ended: bool = False  # known to have ended (own launches are kept for the count until a listing shows it)
 
 
-def ranks_vouch(files: JobFiles, attempt: int, now_wall: float, fresh_s: float) -> bool:
+def ranks_vouch(files: JobFiles, launch_no: int, now_wall: float, fresh_s: float) -> bool:
     """Whether the launch's ranks say it runs: one of them shows life — its process runs
     (seen on this host), or, on another host, it wrote something less than ``fresh_s``
     ago — and none shows an end: a rank in a final stage (finished, stopped by a
@@ -118,7 +118,7 @@ def ranks_vouch(files: JobFiles, attempt: int, now_wall: float, fresh_s: float) 
     or that SLURM ended it (a time limit, ``scancel``, a node that failed), which only
     ``squeue`` can tell."""
     life = False
-    for rank, path in files.rank_statuses(attempt):
+    for rank, path in files.rank_statuses(launch_no):
         info = read_rank_status(path, rank)
         if info is None:
             continue  # not started yet
@@ -167,7 +167,7 @@ class QueueWatcher:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  finished: Callable[[JobFiles, int], bool] | None = None) -> None:
         self._list_jobs, self._cache_state, self._cached_state = list_jobs, cache_state, cached_state
-        self._finished = finished or (lambda files, attempt: files.exit_code(attempt).exists())
+        self._finished = finished or (lambda files, launch_no: files.exit_code(launch_no).exists())
         self._clock, self._wall = clock, wall
         self._lock = threading.RLock()
         self._listings: dict[int, Listing] = {}
@@ -176,17 +176,17 @@ class QueueWatcher:
         """``squeue`` calls made (for tests and benchmarks)."""
 
     # ------------------------------------------------------------------ launches
-    def submitted(self, files: JobFiles, attempt: int, job_id: str) -> None:
+    def submitted(self, files: JobFiles, launch_no: int, job_id: str) -> None:
         """A launch this process has just submitted: first question after :attr:`first_look_s`."""
         with self._lock:
             now, wall = self._clock(), self._wall()
-            self._watched[(str(files.dir), attempt)] = _Watched(
-                files, attempt, job_id, os.getuid(), covered_after_wall=wall, question_since=now, own=True)
+            self._watched[(str(files.dir), launch_no)] = _Watched(
+                files, launch_no, job_id, os.getuid(), covered_after_wall=wall, question_since=now, own=True)
 
-    def ended(self, files: JobFiles, attempt: int) -> None:
+    def ended(self, files: JobFiles, launch_no: int) -> None:
         """The launch is known to have ended (its files, a terminal state, ``scancel``)."""
         with self._lock:
-            key = (str(files.dir), attempt)
+            key = (str(files.dir), launch_no)
             record = self._watched.get(key)
             if record is not None and record.own:
                 record.ended = True  # still counted as queued by the last listing: see active_jobs
@@ -205,20 +205,20 @@ class QueueWatcher:
             result = ["ended"] * len(launches)
             due: dict[int, list[int]] = {}
             watched: dict[int, _Watched] = {}
-            for index, (files, attempt, info) in enumerate(launches):
+            for index, (files, launch_no, info) in enumerate(launches):
                 job_id = str(info.get("job_id", ""))
-                if self._finished(files, attempt) or self._cached_state(files, attempt, job_id) is not None:
-                    self.ended(files, attempt)
+                if self._finished(files, launch_no) or self._cached_state(files, launch_no, job_id) is not None:
+                    self.ended(files, launch_no)
                     continue
-                record = self._record(files, attempt, job_id, now, wall)
+                record = self._record(files, launch_no, job_id, now, wall)
                 watched[index] = record
                 if record.ended or self._from_listing(record) == "ended":
-                    self.ended(files, attempt)
+                    self.ended(files, launch_no)
                     continue
                 result[index] = "running"
                 if now - record.looked_at >= self.look_s:
                     record.looked_at = now
-                    record.vouched = ranks_vouch(files, attempt, wall, self.progress_fresh_s)
+                    record.vouched = ranks_vouch(files, launch_no, wall, self.progress_fresh_s)
                     if record.vouched:
                         record.question_since = None
                     elif record.question_since is None:
@@ -233,21 +233,21 @@ class QueueWatcher:
                 for index in indices:
                     record = watched[index]
                     if self._from_listing(record) == "ended":
-                        self.ended(record.files, record.attempt)
+                        self.ended(record.files, record.launch_no)
                         result[index] = "ended"
             return result
 
-    def _record(self, files: JobFiles, attempt: int, job_id: str, now: float, wall: float) -> _Watched:
-        key = (str(files.dir), attempt)
+    def _record(self, files: JobFiles, launch_no: int, job_id: str, now: float, wall: float) -> _Watched:
+        key = (str(files.dir), launch_no)
         record = self._watched.get(key)
         if record is not None and record.job_id == job_id:
             return record
         try:  # launch.json is written right after sbatch answered, by the user who submitted
-            stat = files.launch(attempt).stat()
+            stat = files.launch(launch_no).stat()
             submitted_wall, uid = stat.st_mtime, stat.st_uid
         except OSError:  # a launch found again by its name (its maker died): as old as can be
             submitted_wall, uid = 0.0, os.getuid()
-        record = _Watched(files, attempt, job_id, uid, covered_after_wall=submitted_wall + _COVER_MARGIN_S,
+        record = _Watched(files, launch_no, job_id, uid, covered_after_wall=submitted_wall + _COVER_MARGIN_S,
                           question_since=now - max(0.0, wall - submitted_wall))
         self._watched[key] = record
         return record
@@ -262,7 +262,7 @@ class QueueWatcher:
         if row is None:
             return "ended"  # finished long ago (purged after MinJobAge), or cancelled before it ran
         if row.state in TERMINAL_STATES:
-            self._cache_state(record.files, record.attempt, record.job_id, row)
+            self._cache_state(record.files, record.launch_no, record.job_id, row)
             return "ended"
         return "running"
 
@@ -326,7 +326,7 @@ class QueueWatcher:
             for record in self._watched.values():
                 if not record.own:
                     continue
-                gone = record.ended or record.files.exit_code(record.attempt).exists()
+                gone = record.ended or record.files.exit_code(record.launch_no).exists()
                 covered = listing is not None and listing.taken_wall >= record.covered_after_wall
                 row = rows.get(record.job_id) if covered else None
                 if not covered:

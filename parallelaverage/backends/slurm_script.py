@@ -133,7 +133,7 @@ class ScriptInputs:
     """Everything a job script is made from; :meth:`for_launch` reads it from the caller."""
 
     job_dir: Path
-    attempt: int
+    launch_no: int
     n_tasks: int
     options: Mapping[str, Any]
     chdir: str
@@ -144,7 +144,7 @@ class ScriptInputs:
     mpiexec_args: tuple[str, ...] = ()
 
     @classmethod
-    def for_launch(cls, files: JobFiles, attempt: int, n_tasks: int,
+    def for_launch(cls, files: JobFiles, launch_no: int, n_tasks: int,
                    options: Mapping[str, Any]) -> ScriptInputs:
         """The inputs of a real launch: this Python, its ``sys.path``, the working directory."""
         mpiexec, env, args = "mpiexec", {}, ()  # type: tuple[str, dict[str, str], tuple[str, ...]]
@@ -154,7 +154,7 @@ class ScriptInputs:
             # Open MPI binds ranks to cores; with more ranks than cores it must not
             args = ("--bind-to", "none") if mpi_flavour(mpiexec) == "openmpi" else ()
         return cls(
-            job_dir=files.dir.resolve(), attempt=attempt, n_tasks=n_tasks, options=dict(options),
+            job_dir=files.dir.resolve(), launch_no=launch_no, n_tasks=n_tasks, options=dict(options),
             chdir=os.getcwd(), python=sys.executable, pythonpath=worker_environment()["PYTHONPATH"],
             mpiexec=mpiexec, mpiexec_env=env, mpiexec_args=args,
         )
@@ -168,7 +168,7 @@ class ScriptInputs:
         files = self.files
         ours = {
             "ntasks": self.n_tasks, "job_name": self.job_dir.name,
-            "output": files.stdout(self.attempt), "error": files.stderr(self.attempt),
+            "output": files.stdout(self.launch_no), "error": files.stderr(self.launch_no),
             "chdir": self.chdir,
             "requeue": True,  # a requeued launch resumes as its next life (see NO_REQUEUE_REFUSED)
             "open_mode": "append",  # every life's output stays
@@ -200,7 +200,7 @@ class ScriptInputs:
         return [
             'export PARALLELAVERAGE_LIFE="${SLURM_RESTART_COUNT:-0}"',
             f'if [ "$PARALLELAVERAGE_LIFE" -gt {limit} ]; then',
-            f'  echo "{PREFIX} launch {self.attempt} was requeued $PARALLELAVERAGE_LIFE times, more than '
+            f'  echo "{PREFIX} launch {self.launch_no} was requeued $PARALLELAVERAGE_LIFE times, more than '
             f'max_relaunches={limit}: not running it again" >&2',
             f'  echo {LIMIT_REACHED} > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"; exit {LIMIT_REACHED}',
             "fi",
@@ -214,13 +214,13 @@ class ScriptInputs:
         return [
             f'if [ "$code" = {REQUEUE_ME} ] && [ "$PARALLELAVERAGE_LIFE" -lt {limit} ]; then',
             f'  echo "{PREFIX} the time limit is near and runs are left: requeueing launch '
-            f'{self.attempt} (life $((PARALLELAVERAGE_LIFE + 1)) runs them)" >&2',
+            f'{self.launch_no} (life $((PARALLELAVERAGE_LIFE + 1)) runs them)" >&2',
             '  scontrol requeue "$SLURM_JOB_ID" && sleep 600  # SLURM ends this life now',
             "fi",
         ]
 
     def worker_command(self) -> str:
-        return shlex.join(worker_argv(self.python, self.job_dir, self.attempt))
+        return shlex.join(worker_argv(self.python, self.job_dir, self.launch_no))
 
     def launch_command(self) -> str:
         if self.options.get("launcher", "srun") == "mpiexec":
@@ -268,10 +268,10 @@ def render_script(inputs: ScriptInputs, template: str = DEFAULT_TEMPLATE, source
         "environment": "\n".join(inputs.environment_lines()),
         "launch": inputs.launch_command(),
         "worker": inputs.worker_command(),
-        "exit_code_file": shlex.quote(str(files.exit_code(inputs.attempt))),
+        "exit_code_file": shlex.quote(str(files.exit_code(inputs.launch_no))),
         "job_name": inputs.job_dir.name,
         "job_dir": shlex.quote(str(inputs.job_dir)),
-        "attempt": str(inputs.attempt),
+        "attempt": str(inputs.launch_no),
         "n_tasks": str(inputs.n_tasks),
         "python": shlex.quote(inputs.python),
     }

@@ -144,117 +144,117 @@ class JobFiles:
 
     # ------------------------------------------------------------------ launches
     @property
-    def attempts_dir(self) -> Path:
+    def launches_dir(self) -> Path:
         return self.dir / "attempts"
 
-    def attempt_dir(self, attempt: int) -> Path:
-        return self.dir / "attempts" / str(attempt)
+    def launch_dir(self, launch_no: int) -> Path:
+        return self.dir / "attempts" / str(launch_no)
 
-    def attempts(self) -> list[int]:
+    def launch_numbers(self) -> list[int]:
         """Numbers of the launches made so far, in order."""
         try:
-            names = os.listdir(self.attempts_dir)
+            names = os.listdir(self.launches_dir)
         except FileNotFoundError:
             return []
         return sorted(int(name) for name in names if name.isdigit())
 
-    def creator(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "creator.json"
+    def creator(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "creator.json"
 
-    def runs(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "runs.json"
+    def runs(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "runs.json"
 
-    def launch(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "launch.json"
+    def launch(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "launch.json"
 
-    def submit_error(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "submit_error.txt"
+    def submit_error(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "submit_error.txt"
 
-    def cancel_request(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "cancel_requested"
+    def cancel_request(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "cancel_requested"
 
-    def target(self, attempt: int) -> Path:
+    def target(self, launch_no: int) -> Path:
         """Written by rank 0 when the launch reached its target error (``target_error=``):
         ``{"kind", "target", "runs", "effective_runs", "error_over_target"}``."""
-        return self.attempt_dir(attempt) / "target.json"
+        return self.launch_dir(launch_no) / "target.json"
 
-    def sealed(self, attempt: int) -> Path:
+    def sealed(self, launch_no: int) -> Path:
         """The launch's tally frozen when a later launch was made (see ``_state``)."""
-        return self.attempt_dir(attempt) / "sealed.pkl"
+        return self.launch_dir(launch_no) / "sealed.pkl"
 
     # ------------------------------------------------------------------ lives
-    def life_dir(self, attempt: int, life: int = 0) -> Path:
+    def life_dir(self, launch_no: int, life: int = 0) -> Path:
         """Where the ranks of one *life* of a launch write: a launch that SLURM requeues
         (a node failure, preemption, its own time limit) runs again as life 1, 2...
         in ``attempts/<k>/life-<n>/``; life 0 writes in the launch folder itself."""
-        return self.attempt_dir(attempt) if life == 0 else self.attempt_dir(attempt) / f"life-{life}"
+        return self.launch_dir(launch_no) if life == 0 else self.launch_dir(launch_no) / f"life-{life}"
 
-    def lives(self, attempt: int) -> list[int]:
+    def lives(self, launch_no: int) -> list[int]:
         """The lives of a launch so far: ``[0]``, or ``[0, 1, ...]`` after requeues."""
         try:
-            names = os.listdir(self.attempt_dir(attempt))
+            names = os.listdir(self.launch_dir(launch_no))
         except FileNotFoundError:
             return [0]
         return [0] + sorted(int(n[5:]) for n in names if n.startswith("life-") and n[5:].isdigit())
 
-    def life_seal(self, attempt: int, life: int) -> Path:
+    def life_seal(self, launch_no: int, life: int) -> Path:
         """A life's tally, frozen by the first rank of the next life before it runs anything."""
-        return self.life_dir(attempt, life) / "sealed-life.pkl"
+        return self.life_dir(launch_no, life) / "sealed-life.pkl"
 
-    def life_end(self, attempt: int, life: int) -> Path:
+    def life_end(self, launch_no: int, life: int) -> Path:
         """Why a life stopped early by itself (its time limit), with the runs it left."""
-        return self.life_dir(attempt, life) / "life-end.json"
+        return self.life_dir(launch_no, life) / "life-end.json"
 
     # ------------------------------------------------------------------ ranks
-    def rank_status(self, attempt: int, rank: int, life: int = 0) -> Path:
-        return self.life_dir(attempt, life) / f"rank-r{rank}.status"
+    def rank_status(self, launch_no: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(launch_no, life) / f"rank-r{rank}.status"
 
-    def rank_statuses(self, attempt: int, life: int | None = None) -> list[tuple[int, Path]]:
+    def rank_statuses(self, launch_no: int, life: int | None = None) -> list[tuple[int, Path]]:
         """``(rank, path)`` of every rank that started, by rank (of the latest life by default)."""
-        return self._per_rank(attempt, "rank-r", ".status", self._life(attempt, life))
+        return self._per_rank(launch_no, "rank-r", ".status", self._life(launch_no, life))
 
-    def snapshot(self, attempt: int, rank: int, life: int = 0) -> Path:
-        return self.life_dir(attempt, life) / f"snapshot-r{rank}.pkl"
+    def snapshot(self, launch_no: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(launch_no, life) / f"snapshot-r{rank}.pkl"
 
-    def snapshots(self, attempt: int, life: int = 0) -> list[Path]:
-        return [path for _, path in self._per_rank(attempt, "snapshot-r", ".pkl", life)]
+    def snapshots(self, launch_no: int, life: int = 0) -> list[Path]:
+        return [path for _, path in self._per_rank(launch_no, "snapshot-r", ".pkl", life)]
 
-    def done_log(self, attempt: int, rank: int, life: int = 0) -> Path:
-        return self.life_dir(attempt, life) / f"done-r{rank}.ranges"
+    def done_log(self, launch_no: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(launch_no, life) / f"done-r{rank}.ranges"
 
-    def result(self, attempt: int, life: int | None = None) -> Path:
+    def result(self, launch_no: int, life: int | None = None) -> Path:
         """The merged tally the ranks of a life write last (of the latest life by default)."""
-        return self.life_dir(attempt, self._life(attempt, life)) / "result.pkl"
+        return self.life_dir(launch_no, self._life(launch_no, life)) / "result.pkl"
 
-    def outputs(self, attempt: int, rank: int, encoding: str, life: int = 0) -> Path:
+    def outputs(self, launch_no: int, rank: int, encoding: str, life: int = 0) -> Path:
         suffix = "jsonl" if encoding == "json" else "bin"
-        return self.life_dir(attempt, life) / f"outputs-r{rank}.{suffix}"
+        return self.life_dir(launch_no, life) / f"outputs-r{rank}.{suffix}"
 
-    def all_outputs(self, attempt: int) -> list[Path]:
+    def all_outputs(self, launch_no: int) -> list[Path]:
         """The output files of every life of a launch, oldest first."""
-        return [path for life in self.lives(attempt)
-                for path in sorted(self.life_dir(attempt, life).glob("outputs-r*.*"))]
+        return [path for life in self.lives(launch_no)
+                for path in sorted(self.life_dir(launch_no, life).glob("outputs-r*.*"))]
 
-    def fatal(self, attempt: int, rank: int, life: int = 0) -> Path:
-        return self.life_dir(attempt, life) / f"fatal-r{rank}.txt"
+    def fatal(self, launch_no: int, rank: int, life: int = 0) -> Path:
+        return self.life_dir(launch_no, life) / f"fatal-r{rank}.txt"
 
-    def fatals(self, attempt: int, life: int | None = None) -> list[Path]:
-        return [path for _, path in self._per_rank(attempt, "fatal-r", ".txt", self._life(attempt, life))]
+    def fatals(self, launch_no: int, life: int | None = None) -> list[Path]:
+        return [path for _, path in self._per_rank(launch_no, "fatal-r", ".txt", self._life(launch_no, life))]
 
-    def _life(self, attempt: int, life: int | None) -> int:
-        return self.lives(attempt)[-1] if life is None else life
+    def _life(self, launch_no: int, life: int | None) -> int:
+        return self.lives(launch_no)[-1] if life is None else life
 
-    def exit_code(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "exit_code"
+    def exit_code(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "exit_code"
 
-    def stdout(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "stdout.txt"
+    def stdout(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "stdout.txt"
 
-    def stderr(self, attempt: int) -> Path:
-        return self.attempt_dir(attempt) / "stderr.txt"
+    def stderr(self, launch_no: int) -> Path:
+        return self.launch_dir(launch_no) / "stderr.txt"
 
-    def _per_rank(self, attempt: int, prefix: str, suffix: str, life: int = 0) -> list[tuple[int, Path]]:
-        directory = self.life_dir(attempt, life)
+    def _per_rank(self, launch_no: int, prefix: str, suffix: str, life: int = 0) -> list[tuple[int, Path]]:
+        directory = self.life_dir(launch_no, life)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -268,11 +268,11 @@ class JobFiles:
         return sorted(found)
 
     # ------------------------------------------------------------------ small files
-    def write_plan(self, attempt: int, plan: LaunchPlan, space: RunSpace) -> None:
-        atomic_write_bytes(self.runs(attempt), plan.to_bytes(space))
+    def write_plan(self, launch_no: int, plan: LaunchPlan, space: RunSpace) -> None:
+        atomic_write_bytes(self.runs(launch_no), plan.to_bytes(space))
 
-    def read_plan(self, attempt: int, space: RunSpace) -> LaunchPlan:
-        return LaunchPlan.from_bytes(self.runs(attempt).read_bytes(), space)
+    def read_plan(self, launch_no: int, space: RunSpace) -> LaunchPlan:
+        return LaunchPlan.from_bytes(self.runs(launch_no).read_bytes(), space)
 
     def read_json(self, path: Path) -> Any:
         """A small JSON file, or None if it is missing or unreadable."""
@@ -281,17 +281,17 @@ class JobFiles:
         except (OSError, ValueError):
             return None
 
-    def exit_status(self, attempt: int) -> int | None:
+    def exit_status(self, launch_no: int) -> int | None:
         """The launcher's exit status, if it ended and wrote one."""
         try:
-            return int(self.exit_code(attempt).read_text().strip())
+            return int(self.exit_code(launch_no).read_text().strip())
         except (OSError, ValueError):
             return None
 
-    def stderr_tail(self, attempt: int, lines: int = 8) -> str:
+    def stderr_tail(self, launch_no: int, lines: int = 8) -> str:
         """The last lines of the launch's ``stderr.txt`` ('' if none)."""
         try:
-            with open(self.stderr(attempt), "rb") as file:
+            with open(self.stderr(launch_no), "rb") as file:
                 file.seek(0, os.SEEK_END)
                 size = file.tell()
                 file.seek(max(0, size - 8192))

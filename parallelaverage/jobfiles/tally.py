@@ -293,7 +293,7 @@ def _load_tally(path: Any, what: str) -> Tally:
     return tally
 
 
-def read_life_tally(files: Any, attempt: int, life: int, problems: list[str]) -> tuple[Tally, bool]:
+def read_life_tally(files: Any, launch_no: int, life: int, problems: list[str]) -> tuple[Tally, bool]:
     """What one life of a launch did: its seal, else its result, else the merge of its ranks'
     snapshots (with their done logs). Returns the tally and whether it is final.
 
@@ -302,7 +302,7 @@ def read_life_tally(files: Any, attempt: int, life: int, problems: list[str]) ->
     """
     from parallelaverage.errors import UntrustedFileError
 
-    for path, what in ((files.life_seal(attempt, life), "seal"), (files.result(attempt, life), "result")):
+    for path, what in ((files.life_seal(launch_no, life), "seal"), (files.result(launch_no, life), "result")):
         if not path.exists():
             continue
         try:
@@ -312,12 +312,12 @@ def read_life_tally(files: Any, attempt: int, life: int, problems: list[str]) ->
         except (OSError, ValueError) as error:
             problems.append(f"{error}; using the snapshots")
     merged = Tally()
-    for path in files.snapshots(attempt, life):
+    for path in files.snapshots(launch_no, life):
         try:
             piece = _load_tally(path, "snapshot")
             if piece.done_log is not None:  # its done runs are in the rank's done log
                 name, pairs = piece.done_log
-                piece = Tally(read_ranges(files.life_dir(attempt, life) / name, pairs), piece.failed,
+                piece = Tally(read_ranges(files.life_dir(launch_no, life) / name, pairs), piece.failed,
                               piece.errors, piece.crashed, piece.groups)
             merged = merged.merged(piece)  # all or nothing: a piece that cannot merge changes nothing
         except UntrustedFileError:
@@ -327,22 +327,22 @@ def read_life_tally(files: Any, attempt: int, life: int, problems: list[str]) ->
     return merged, False
 
 
-def read_launch_tally(files: Any, attempt: int, problems: list[str], *,
+def read_launch_tally(files: Any, launch_no: int, problems: list[str], *,
                       lives: list[int] | None = None) -> tuple[Tally, bool]:
     """What a launch did: its seal (written when a later launch was made), else the merge
     of its lives (``lives``: only these). Returns the tally and whether it is final (sealed,
     or its last life's result is written)."""
     from parallelaverage.errors import UntrustedFileError
 
-    if lives is None and files.sealed(attempt).exists():
+    if lives is None and files.sealed(launch_no).exists():
         try:
-            return _load_tally(files.sealed(attempt), "seal"), True
+            return _load_tally(files.sealed(launch_no), "seal"), True
         except UntrustedFileError:
             raise
         except (OSError, ValueError) as error:
             problems.append(f"{error}; using the snapshots")
     merged, final = Tally(), False
-    for life in files.lives(attempt) if lives is None else lives:
-        piece, final = read_life_tally(files, attempt, life, problems)
+    for life in files.lives(launch_no) if lives is None else lives:
+        piece, final = read_life_tally(files, launch_no, life, problems)
         merged = merged.merged(piece)
     return merged, final

@@ -31,7 +31,7 @@ def test_the_local_script():
 
 def test_a_local_launch_starts_detached_and_records_its_pid_and_exit_status(tmp_path):
     files = JobFiles(tmp_path / "1_f")
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     backend = LocalBackend()
     # a launch of a worker that exits at once with a usage error: enough to see the plumbing
     info = backend.submit(files, 1, 1, {})
@@ -42,6 +42,6 @@ def test_a_local_launch_starts_detached_and_records_its_pid_and_exit_status(tmp_
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert files.exit_status(1) not in (None,)  # recorded when mpiexec ended
-    assert (files.attempt_dir(1) / "launcher.pid").read_text().strip().isdigit()
+    assert (files.launch_dir(1) / "launcher.pid").read_text().strip().isdigit()
     assert isinstance(backend_named("local"), LocalBackend)
     json.dumps(info)  # what launch.json stores

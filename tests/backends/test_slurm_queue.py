@@ -38,11 +38,11 @@ class FakeQueue:
             raise RuntimeError("squeue failed (exit status 1):\nsqueue: error: Socket timed out on send/recv operation")
         return dict(self.jobs)
 
-    def cache(self, files: JobFiles, attempt: int, job_id: str, row: JobRow) -> None:
-        self.cached[(str(files.dir), attempt)] = row.state
+    def cache(self, files: JobFiles, launch_no: int, job_id: str, row: JobRow) -> None:
+        self.cached[(str(files.dir), launch_no)] = row.state
 
-    def cached_state(self, files: JobFiles, attempt: int, job_id: str) -> str | None:
-        return self.cached.get((str(files.dir), attempt))
+    def cached_state(self, files: JobFiles, launch_no: int, job_id: str) -> str | None:
+        return self.cached.get((str(files.dir), launch_no))
 
     def run_until(self, end: float, launches, step: float = 0.25) -> list[str]:
         """Poll like wait() does, every ``step`` s, until ``end``; the last answers."""
@@ -56,7 +56,7 @@ class FakeQueue:
 def launch(tmp_path, name: str, job_id: str, *, submitted_at: float | None = None):
     """A launch folder with its launch.json, written ``submitted_at`` (fake monotonic) s."""
     files = JobFiles(tmp_path / name)
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     info = {"backend": "slurm", "job_id": job_id}
     files.launch(1).write_text(json.dumps(info))
     if submitted_at is not None:
@@ -77,69 +77,69 @@ def rank_writes(files: JobFiles, at: float, *, host: str = "node-elsewhere", sta
 
 def test_a_pending_launch_is_asked_after_2_s_then_ever_more_rarely(tmp_path):
     queue = FakeQueue()
-    files, attempt, info = launch(tmp_path, "1_f", "101")
+    files, launch_no, info = launch(tmp_path, "1_f", "101")
     queue.jobs["101"] = JobRow("PENDING", "Priority")
-    queue.watcher.submitted(files, attempt, "101")
-    assert queue.run_until(300, [(files, attempt, info)]) == ["running"]
+    queue.watcher.submitted(files, launch_no, "101")
+    assert queue.run_until(300, [(files, launch_no, info)]) == ["running"]
     # each wait is half the launch's age (2 s at least, 60 s at most)
     assert queue.calls == [2, 4, 8, 16, 32, 64, 124, 184, 244]
 
 
 def test_progress_in_the_rank_records_needs_no_question(tmp_path):
     queue = FakeQueue()
-    files, attempt, info = launch(tmp_path, "1_f", "101")
+    files, launch_no, info = launch(tmp_path, "1_f", "101")
     queue.jobs["101"] = JobRow("RUNNING")
-    queue.watcher.submitted(files, attempt, "101")
+    queue.watcher.submitted(files, launch_no, "101")
     status = rank_writes(files, at=1.0)  # started 1 s after submission
     for second in range(1, 200):  # publishes every second
         status.slots[RankStatus.PUBLISHED_US] = int((START_WALL + second) * 1e6)
-        assert queue.run_until(second, [(files, attempt, info)]) == ["running"]
+        assert queue.run_until(second, [(files, launch_no, info)]) == ["running"]
     assert queue.calls == []
     # a rank that stops publishing (a node that died) leaves it to squeue, after progress_fresh_s
-    assert queue.run_until(199 + 60 + 2 + 1, [(files, attempt, info)]) == ["running"]
+    assert queue.run_until(199 + 60 + 2 + 1, [(files, launch_no, info)]) == ["running"]
     assert len(queue.calls) == 1 and queue.calls[0] >= 199 + 60
     del queue.jobs["101"]  # the controller forgot it: ended
-    assert queue.run_until(queue.calls[0] + 5, [(files, attempt, info)]) == ["ended"]
+    assert queue.run_until(queue.calls[0] + 5, [(files, launch_no, info)]) == ["ended"]
     assert len(queue.calls) == 2
 
 
 def test_ranks_that_finished_or_were_stopped_vouch_for_nothing(tmp_path):
     queue = FakeQueue()
-    files, attempt, info = launch(tmp_path, "1_f", "101")
+    files, launch_no, info = launch(tmp_path, "1_f", "101")
     queue.jobs["101"] = JobRow("COMPLETING")
-    queue.watcher.submitted(files, attempt, "101")
+    queue.watcher.submitted(files, launch_no, "101")
     rank_writes(files, at=0.0, stage="stopped")  # SIGTERM from scancel or the time limit
-    assert queue.run_until(2, [(files, attempt, info)]) == ["running"]
+    assert queue.run_until(2, [(files, launch_no, info)]) == ["running"]
     assert queue.calls == [2]
     queue.jobs["101"] = JobRow("CANCELLED")
-    assert queue.run_until(4, [(files, attempt, info)]) == ["ended"]
+    assert queue.run_until(4, [(files, launch_no, info)]) == ["ended"]
     assert queue.cached == {(str(files.dir), 1): "CANCELLED"}  # never asked again
-    assert queue.run_until(100, [(files, attempt, info)]) == ["ended"] and queue.calls == [2, 4]
+    assert queue.run_until(100, [(files, launch_no, info)]) == ["ended"] and queue.calls == [2, 4]
 
 
 def test_a_rank_whose_process_is_gone_outweighs_one_that_lives(tmp_path):
     """On the test cluster a "dead" node's ranks live on (only its slurmd stopped) while
     SLURM kills the others: one gone rank means the launch may be over, so squeue is asked."""
     queue = FakeQueue()
-    files, attempt, info = launch(tmp_path, "1_f", "101")
+    files, launch_no, info = launch(tmp_path, "1_f", "101")
     queue.jobs["101"] = JobRow("RUNNING")
-    queue.watcher.submitted(files, attempt, "101")
+    queue.watcher.submitted(files, launch_no, "101")
     RankStatus(files.rank_status(1, 0)).set_stage("running")  # this process: alive, on this host
-    assert queue.run_until(30, [(files, attempt, info)]) == ["running"] and queue.calls == []
+    assert queue.run_until(30, [(files, launch_no, info)]) == ["running"] and queue.calls == []
     gone = RankStatus(files.rank_status(1, 1))
     gone.set_stage("running")
     gone.slots[rankstatus._S_PID] = 2**22 + 12345  # no such process
     queue.jobs["101"] = JobRow("NODE_FAIL")
-    assert queue.run_until(40, [(files, attempt, info)]) == ["ended"]
+    assert queue.run_until(40, [(files, launch_no, info)]) == ["ended"]
     assert len(queue.calls) == 1 and 32 <= queue.calls[0] <= 34  # seen within look_s, asked 2 s later
 
 
 def test_the_files_answer_first(tmp_path):
     queue = FakeQueue()
-    files, attempt, info = launch(tmp_path, "1_f", "101")
-    queue.watcher.submitted(files, attempt, "101")
-    files.exit_code(attempt).write_text("0\n")  # written by the job script as it ends
-    assert queue.run_until(100, [(files, attempt, info)]) == ["ended"]
+    files, launch_no, info = launch(tmp_path, "1_f", "101")
+    queue.watcher.submitted(files, launch_no, "101")
+    files.exit_code(launch_no).write_text("0\n")  # written by the job script as it ends
+    assert queue.run_until(100, [(files, launch_no, info)]) == ["ended"]
     assert queue.calls == []
 
 
@@ -152,10 +152,10 @@ def test_one_listing_answers_every_launch(tmp_path):
         queue.jobs[str(200 + i)] = JobRow("PENDING")  # the odd ones are long gone
     new = []
     for i in range(10):
-        files, attempt, info = launch(tmp_path, f"{i}_new", str(300 + i))
+        files, launch_no, info = launch(tmp_path, f"{i}_new", str(300 + i))
         queue.jobs[str(300 + i)] = JobRow("PENDING")
-        queue.watcher.submitted(files, attempt, str(300 + i))
-        new.append((files, attempt, info))
+        queue.watcher.submitted(files, launch_no, str(300 + i))
+        new.append((files, launch_no, info))
     answers = queue.watcher.states(old + new)  # old launches first seen: asked at once
     assert queue.calls == [1000.0]
     assert answers == ["running", "ended"] * 25 + ["running"] * 10  # new ones: submitted after the listing
@@ -183,20 +183,20 @@ def test_a_launch_submitted_after_the_listing_is_not_taken_for_ended(tmp_path):
 
 def test_a_failing_squeue_keeps_the_last_answers_and_backs_off(tmp_path):
     queue = FakeQueue()
-    files, attempt, info = launch(tmp_path, "1_f", "101")
+    files, launch_no, info = launch(tmp_path, "1_f", "101")
     queue.jobs["101"] = JobRow("PENDING")
-    queue.watcher.submitted(files, attempt, "101")
-    queue.run_until(4, [(files, attempt, info)])
+    queue.watcher.submitted(files, launch_no, "101")
+    queue.run_until(4, [(files, launch_no, info)])
     assert queue.calls == [2, 4]
     queue.failing = True
     with pytest.warns(RuntimeWarning, match=r"(?s)Socket timed out.*taken as still running; asking again in 4 s"):
-        assert queue.run_until(120, [(files, attempt, info)]) == ["running"]
+        assert queue.run_until(120, [(files, launch_no, info)]) == ["running"]
     assert queue.calls == [2, 4, 8, 12, 20, 36, 68]  # after a failure: 4, 8, 16, 32 s... (60 at most)
     queue.failing = False
     del queue.jobs["101"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert queue.run_until(300, [(files, attempt, info)]) == ["ended"]
+        assert queue.run_until(300, [(files, launch_no, info)]) == ["ended"]
 
 
 def test_a_failing_first_squeue_raises(tmp_path):
@@ -216,8 +216,8 @@ def test_active_jobs_counts_the_listing_and_this_process_s_launches(tmp_path):
     assert queue.calls == [0]
     queue.now = 1.0
     mine = [launch(tmp_path, f"{i}_f", str(10 + i)) for i in range(3)]
-    for files, attempt, info in mine:
-        queue.watcher.submitted(files, attempt, info["job_id"])
+    for files, launch_no, info in mine:
+        queue.watcher.submitted(files, launch_no, info["job_id"])
     assert queue.watcher.active_jobs() == 5  # submitted since the listing: counted without asking
     mine[0][0].exit_code(1).write_text("0\n")
     assert queue.watcher.active_jobs() == 4  # its exit_code says it has ended

@@ -35,10 +35,10 @@ JOB_DIR = Path("/cluster/home/alice/project/.parallelaverage/1_my_function")
 SEED_OPTIONS = {"time": "00:02:00", "mem": "1G"}
 
 
-def inputs(options=None, *, attempt=1, n_tasks=5, job_dir=JOB_DIR, **overrides) -> ScriptInputs:
+def inputs(options=None, *, launch_no=1, n_tasks=5, job_dir=JOB_DIR, **overrides) -> ScriptInputs:
     """Script inputs with fixed paths, as if submitted by alice from her project."""
     return ScriptInputs(
-        job_dir=job_dir, attempt=attempt, n_tasks=n_tasks,
+        job_dir=job_dir, launch_no=launch_no, n_tasks=n_tasks,
         options=SEED_OPTIONS if options is None else options,
         chdir="/cluster/home/alice/project", python="/cluster/home/alice/venv/bin/python",
         pythonpath="/cluster/home/alice/project:/cluster/home/alice/lib", **overrides,
@@ -70,7 +70,7 @@ def test_options_flags_short_names_quoting_and_setup():
         "mail_user": 'Alice "Al" <alice@example.org> #1', "signal": "USR1@300", "mpi": "pmix",
         "setup": ["module purge", "module load openmpi/4.1 # site MPI", 'source "$HOME/venv/bin/activate"'],
     }
-    script = render_script(inputs(options, attempt=3, n_tasks=8,
+    script = render_script(inputs(options, launch_no=3, n_tasks=8,
                                   job_dir=Path("/scratch/alice/my data/.parallelaverage/12_simulate")))
     assert_golden("options.sbatch", script)
     assert "USR1@60" not in script  # the user's signal replaces the default
@@ -288,12 +288,12 @@ def no_slurm_on_path(tmp_path, monkeypatch) -> None:
 
 def test_submit_writes_the_script_then_says_sbatch_is_missing(tmp_path, monkeypatch):
     files = JobFiles(tmp_path / ".parallelaverage" / "1_f")
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     no_slurm_on_path(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match=r"sbatch not found on PATH: queuing_system='slurm' needs SLURM's client commands"):
         SlurmBackend().submit(files, 1, 2, {"time": "5"})
-    script = (files.attempt_dir(1) / "job.sbatch").read_text()
+    script = (files.launch_dir(1) / "job.sbatch").read_text()
     assert "#SBATCH --ntasks=2\n" in script and "#SBATCH --time=5\n" in script
     assert f"#SBATCH --chdir={tmp_path}\n" in script
     assert f"{shlex.join(worker_argv(sys.executable, files.dir.resolve(), 1))}\n" in script
@@ -305,11 +305,11 @@ def test_submit_uses_the_user_template(tmp_path, monkeypatch):
     monkeypatch.setenv("PARALLELAVERAGE_CONFIG_DIR", str(tmp_path))
     (tmp_path / "slurm.sbatch").write_text("#!/bin/bash\n{{sbatch_options}}\necho mine\n{{launch}}\n")
     files = JobFiles(tmp_path / ".parallelaverage" / "1_f")
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     no_slurm_on_path(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="sbatch not found"):
         SlurmBackend().submit(files, 1, 2, {})
-    assert "\necho mine\nsrun --mpi=pmi2" in (files.attempt_dir(1) / "job.sbatch").read_text()
+    assert "\necho mine\nsrun --mpi=pmi2" in (files.launch_dir(1) / "job.sbatch").read_text()
 
 
 def test_ended_launches_need_no_query(tmp_path, monkeypatch):
@@ -317,18 +317,18 @@ def test_ended_launches_need_no_query(tmp_path, monkeypatch):
     answers without squeue (which is not even on PATH). Any other exit status is only a hint:
     SLURM may be requeueing the job, so squeue is asked."""
     files = JobFiles(tmp_path / "1_f")
-    for attempt in (1, 2, 3, 4):
-        files.attempt_dir(attempt).mkdir(parents=True)
+    for launch_no in (1, 2, 3, 4):
+        files.launch_dir(launch_no).mkdir(parents=True)
     files.exit_code(1).write_text("0\n")
     files.result(1).write_bytes(b"")
-    (files.attempt_dir(2) / "slurm_state").write_text(json.dumps({"job_id": "22", "state": "TIMEOUT"}))
+    (files.launch_dir(2) / "slurm_state").write_text(json.dumps({"job_id": "22", "state": "TIMEOUT"}))
     no_slurm_on_path(tmp_path, monkeypatch)
     backend = SlurmBackend()
     launches = [(files, 1, {"job_id": "11"}), (files, 2, {"job_id": "22"})]
     assert backend.states(launches) == ["ended", "ended"]
     backend.cancel(files, 2, {"job_id": "22"})  # nothing to cancel: no scancel either
     # a cache for another job id (a re-used directory) does not count
-    (files.attempt_dir(3) / "slurm_state").write_text(json.dumps({"job_id": "22", "state": "TIMEOUT"}))
+    (files.launch_dir(3) / "slurm_state").write_text(json.dumps({"job_id": "22", "state": "TIMEOUT"}))
     with pytest.raises(RuntimeError, match="squeue not found on PATH"):
         backend.state(files, 3, {"job_id": "33"})
     files.exit_code(4).write_text("137\n")  # a node failure: SLURM may run the next life
@@ -360,9 +360,9 @@ echo "4242;cluster"
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.01, 0.02, 0.04))
     files = JobFiles(tmp_path / "1_f")
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     info = SlurmBackend().submit(files, 1, 2, {})
-    assert info == {"backend": "slurm", "job_id": "4242", "script": str(files.attempt_dir(1) / "job.sbatch")}
+    assert info == {"backend": "slurm", "job_id": "4242", "script": str(files.launch_dir(1) / "job.sbatch")}
     assert count.read_text().count("x") == 3
     assert capsys.readouterr().err.count("Socket timed out on send/recv operation); retrying in") == 2
 
@@ -375,7 +375,7 @@ echo "sbatch: error: Batch job submission failed: Invalid partition name specifi
 """)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     files = JobFiles(tmp_path / "1_f")
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     with pytest.raises(RuntimeError, match=r"(?s)sbatch .*job\.sbatch failed \(exit status 1\):\n"
                                            r"sbatch: error: Batch job submission failed: Invalid partition name"):
         SlurmBackend().submit(files, 1, 2, {"partition": "nosuch"})

@@ -22,8 +22,8 @@ from pa_testing import jobs_in, process_tree
 THIS = sys.modules[__name__]
 
 
-def launch_info(path, job_name: str, attempt: int = 1) -> dict:
-    return json.loads((path / ".parallelaverage" / job_name / "attempts" / str(attempt) / "launch.json").read_text())
+def launch_info(path, job_name: str, launch_no: int = 1) -> dict:
+    return json.loads((path / ".parallelaverage" / job_name / "attempts" / str(launch_no) / "launch.json").read_text())
 
 
 def test_map_runs_every_new_call_in_one_launch_and_each_call_keeps_its_own_job(tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_a_failing_member_fails_alone_and_is_re_submitted_alone(tmp_path):
     re_submit(picky)(2, str(flag))  # its own launch 2, not the batch
     assert launch_info(tmp_path, "2_picky", 2).get("batch") is None
     assert wait(picky)(2, str(flag)).successful_run_ids == list(range(12))
-    assert [Job.load(n, tmp_path).files.attempts() for n in (1, 2, 3)] == [[1], [1, 2], [1]]
+    assert [Job.load(n, tmp_path).files.launch_numbers() for n in (1, 2, 3)] == [[1], [1, 2], [1]]
 
 
 def test_a_run_that_kills_the_shared_launch_is_a_crash_of_its_own_job_only(tmp_path):
@@ -132,7 +132,7 @@ def test_cancelling_one_member_stops_the_shared_launch_and_says_so(tmp_path, cap
     assert two.status == "cancelled" and one.status == "ended" and 0 < len(one.done) < 200
     re_submit(slow)(1)  # the other job keeps its runs; a re-submission runs the rest
     assert wait(slow)(1).successful_run_ids == list(range(200))
-    assert Job.load("1_slow", tmp_path).files.attempts() == [1, 2]
+    assert Job.load("1_slow", tmp_path).files.launch_numbers() == [1, 2]
 
 
 KILLED_MODULE = textwrap.dedent("""
@@ -170,9 +170,9 @@ def test_a_caller_killed_while_mapping_loses_no_call_and_runs_none_twice(tmp_pat
         assert result.data == pytest.approx(x + 3.5)  # every run once: the mean of x + 0..7
     # the batch ran every job it started exactly once; a job it never started (killed
     # before submitting) was launched by the plain call, as launch 2 after the abandoned 1
-    assert Job.load("1_mapped", tmp_path).files.attempts() == ([1, 2] if point == "job_created" else [1])
+    assert Job.load("1_mapped", tmp_path).files.launch_numbers() == ([1, 2] if point == "job_created" else [1])
     for name in jobs_in(tmp_path)[1:]:
-        assert Job.load(name, tmp_path).files.attempts() == [1], name
+        assert Job.load(name, tmp_path).files.launch_numbers() == [1], name
 
 
 def test_map_validates_every_call_before_any_job_is_made(tmp_path):

@@ -92,9 +92,9 @@ def test_large_outputs_merge_slice_by_slice_on_an_odd_rank_count(tmp_path):
         result = wait(field)(1e9, elements)
     # the ranks' own merge wrote the result (the caller could also have merged the
     # snapshots after a crash, so a right answer alone would not prove it)
-    attempt = tmp_path / ".parallelaverage" / "1_field" / "attempts" / "1"
-    assert (attempt / "exit_code").read_text().strip() == "0", (attempt / "stderr.txt").read_text()
-    assert (attempt / "result.pkl").is_file()
+    launch_no = tmp_path / ".parallelaverage" / "1_field" / "attempts" / "1"
+    assert (launch_no / "exit_code").read_text().strip() == "0", (launch_no / "stderr.txt").read_text()
+    assert (launch_no / "result.pkl").is_file()
     expected = pa.Welford()
     for run in range(30):
         expected.add(1e9 + np.random.default_rng(np.random.SeedSequence(3, spawn_key=(run,))).standard_normal(elements))
@@ -117,8 +117,8 @@ def test_a_merge_that_breaks_in_the_ranks_is_reported_and_the_snapshots_still_co
     with pytest.warns(pa.JobWarning, match="exited with code [1-9].* without writing its result"):
         result = wait(sabotaged)()
     assert result.data == pytest.approx(3.5, rel=1e-15) and result.successful_run_ids == list(range(8))
-    attempt = tmp_path / ".parallelaverage" / "1_sabotaged" / "attempts" / "1"
-    assert "the merge broke" in (attempt / "stderr.txt").read_text()
+    launch_no = tmp_path / ".parallelaverage" / "1_sabotaged" / "attempts" / "1"
+    assert "the merge broke" in (launch_no / "stderr.txt").read_text()
 
 
 def test_run_ids_are_visible_inside_runs(tmp_path):

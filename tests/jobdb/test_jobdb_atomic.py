@@ -111,8 +111,8 @@ while True:
 """
 
 
-@pytest.mark.parametrize("attempt", range(4))
-def test_sigkill_during_writes_never_leaves_a_half_file(tmp_path, attempt):
+@pytest.mark.parametrize("repeat", range(4))
+def test_sigkill_during_writes_never_leaves_a_half_file(tmp_path, repeat):
     target = tmp_path / "data.json"
     atomic_write_json(target, {"i": 0, "pad": "x" * 400_000})
     writer = subprocess.Popen(
@@ -120,7 +120,7 @@ def test_sigkill_during_writes_never_leaves_a_half_file(tmp_path, attempt):
     )
     try:
         assert writer.stdout.readline().strip() == "ready"
-        time.sleep(0.05 + 0.037 * attempt)  # land at different points of the write cycle
+        time.sleep(0.05 + 0.037 * repeat)  # land at different points of the write cycle
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()

@@ -40,23 +40,23 @@ def files(tmp_path) -> JobFiles:
     return JobFiles(tmp_path / "1_f")
 
 
-def make_launch(files: JobFiles, attempt: int, *, positions: Positions = SPACE.all(), creator_alive: bool = True,
+def make_launch(files: JobFiles, launch_no: int, *, positions: Positions = SPACE.all(), creator_alive: bool = True,
                 launch: dict | None = None, exit_code: int | None = None) -> None:
-    files.attempt_dir(attempt).mkdir(parents=True)
+    files.launch_dir(launch_no).mkdir(parents=True)
     creator = Creator.now() | {"backend": "local"}
     if not creator_alive:
         creator["pid"] = dead_pid()
-    files.creator(attempt).write_text(json.dumps(creator))
-    files.write_plan(attempt, LaunchPlan(positions), SPACE)
+    files.creator(launch_no).write_text(json.dumps(creator))
+    files.write_plan(launch_no, LaunchPlan(positions), SPACE)
     if launch is not None:
-        files.launch(attempt).write_text(json.dumps({"backend": "local", **launch}))
+        files.launch(launch_no).write_text(json.dumps({"backend": "local", **launch}))
     if exit_code is not None:
-        files.exit_code(attempt).write_text(f"{exit_code}\n")
+        files.exit_code(launch_no).write_text(f"{exit_code}\n")
 
 
-def ended_launch(files: JobFiles, attempt: int = 1, **kwargs) -> None:
+def ended_launch(files: JobFiles, launch_no: int = 1, **kwargs) -> None:
     """A local launch whose launcher has gone and left its exit code."""
-    make_launch(files, attempt, creator_alive=False, launch={"pid": dead_pid(), "start_ticks": 1},
+    make_launch(files, launch_no, creator_alive=False, launch={"pid": dead_pid(), "start_ticks": 1},
                 exit_code=kwargs.pop("exit_code", 0), **kwargs)
 
 
@@ -74,10 +74,10 @@ def tally_of(done: list[int], failed: dict[int, str] | None = None, value: float
     return tally
 
 
-def rank_status(files: JobFiles, attempt: int, rank: int, *, stage: str, in_flight: int | None = None,
+def rank_status(files: JobFiles, launch_no: int, rank: int, *, stage: str, in_flight: int | None = None,
                 report: str = "", exit_code: int | None = None) -> None:
     """A rank's status record as a rank that has died would have left it."""
-    status = RankStatus(files.rank_status(attempt, rank))
+    status = RankStatus(files.rank_status(launch_no, rank))
     status.slots[1] = dead_pid()  # the process is gone
     status.set_stage(stage)
     status.slots[RankStatus.IN_FLIGHT] = -1 if in_flight is None else in_flight
@@ -85,7 +85,7 @@ def rank_status(files: JobFiles, attempt: int, rank: int, *, stage: str, in_flig
         status.slots[8] = exit_code
     status.flush()
     if report:
-        with open(files.rank_status(attempt, rank), "ab") as f:
+        with open(files.rank_status(launch_no, rank), "ab") as f:
             f.write(report.encode())
 
 

@@ -99,20 +99,20 @@ def test_a_singleton_in_a_larger_launch_writes_the_reason_and_runs_nothing(tmp_p
     """As under srun --mpi=none: python alone (an MPI world of 1) told that 3 were started.
 
     The job directory holds no payload: a worker that went on would fail to read it."""
-    attempt = tmp_path / "attempts" / "1"
-    attempt.mkdir(parents=True)
+    launch_no = tmp_path / "attempts" / "1"
+    launch_no.mkdir(parents=True)
     env = {**os.environ, "SLURM_STEP_NUM_TASKS": "3", "SLURM_STEP_ID": "0", "SLURM_PROCID": "2"}
     for name in ("PMI_SIZE", "PMI_RANK", "PMI_FD", "PMI_PORT", "OMPI_COMM_WORLD_SIZE", "SLURM_MPI_TYPE"):
         env.pop(name, None)
     done = subprocess.run(worker_argv(sys.executable, tmp_path, 1), capture_output=True, text=True,
                           timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
-    fatal = (attempt / "fatal-r0.txt").read_text()
+    fatal = (launch_no / "fatal-r0.txt").read_text()
     assert fatal.startswith("srun without an MPI plugin (--mpi=none) started 3 processes (SLURM_STEP_NUM_TASKS=3), "
                             "but MPI put this one in a world of 1")
     assert "No run was started. Fix: pass launcher='mpiexec'" in fatal
     assert f"[parallelaverage] {fatal}\n" in done.stderr
-    assert sorted(p.name for p in attempt.iterdir()) == ["fatal-r0.txt"]  # no rank file, no snapshot
+    assert sorted(p.name for p in launch_no.iterdir()) == ["fatal-r0.txt"]  # no rank file, no snapshot
 
 
 def test_a_real_launch_is_not_fooled_by_an_inherited_srun_variable(tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def test_killed_ranks_lose_only_runs_in_flight_and_re_submit_completes(tmp_path,
         while len(logged_runs(log)) < before + 8:  # mid-job: some runs done, many left
             assert time.monotonic() < deadline, "the job made no progress"
             time.sleep(0.01)
-        victim = random.choice(rank_pids(launch_pid(tmp_path, "1_sample", attempt=cycle + 1)))
+        victim = random.choice(rank_pids(launch_pid(tmp_path, "1_sample", launch_no=cycle + 1)))
         os.kill(victim, signal.SIGKILL)
         kills += 1
         result, caught = wait_until_ended(sample, str(log))

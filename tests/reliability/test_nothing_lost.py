@@ -96,7 +96,7 @@ def test_two_resubmits_of_one_job_launch_once_and_count_each_run_once(tmp_path, 
     assert said.count("re-submitting 4 runs of job 1_value") == 1, said
     assert "already running as launch 2; not launching it twice" in said, said
     job = until_stopped(tmp_path, "1_value")
-    assert job.files.attempts() == [1, 2]
+    assert job.files.launch_numbers() == [1, 2]
     result = wait(jobs.value)(str(flag))
     assert result.count == 20 and list(result.successful_run_ids) == list(range(20))
     assert result.failed_run_ids == [] and result.data == pytest.approx(9.5, rel=1e-15)
@@ -144,7 +144,7 @@ def test_many_simultaneous_resubmit_pairs_never_launch_twice(tmp_path):
     assert said.count("re-submitting 1 runs") == 10, said
     for job in range(1, 11):
         stopped = until_stopped(tmp_path, f"{job}_value")
-        assert stopped.files.attempts() == [1, 2], job
+        assert stopped.files.launch_numbers() == [1, 2], job
         state = stopped.state()
         assert state.status == "completed" and len(state.done) == 6
         assert state.tally.main_group().accumulators[0].count == 6  # each run once
@@ -254,7 +254,7 @@ def test_a_caller_killed_while_submitting_never_leaves_the_job_running_forever(t
         assert jobs.killed("no-flag") is None
     result = wait(jobs.killed)("no-flag")
     assert result.count == 8 and list(result.successful_run_ids) == list(range(8))
-    assert Job.load(1, tmp_path).files.attempts() == ([1, 2] if point == "job_created" else [1])
+    assert Job.load(1, tmp_path).files.launch_numbers() == ([1, 2] if point == "job_created" else [1])
 
 
 @pytest.mark.parametrize("point", ["state_read", "launch_created", "launch_submitted", "launch_recorded"])
@@ -276,7 +276,7 @@ def test_a_caller_killed_while_resubmitting_never_leaves_the_job_running_forever
     result = wait(jobs.killed)(str(flag))
     assert result.count == 8 and list(result.successful_run_ids) == list(range(8)) and result.failed_run_ids == []
     expected = {"state_read": [1, 2], "launch_created": [1, 2, 3]}.get(point, [1, 2])
-    assert job.files.attempts() == expected
+    assert job.files.launch_numbers() == expected
 
 
 # --------------------------------------------------------------------- what a kill loses

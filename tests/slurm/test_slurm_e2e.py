@@ -79,12 +79,12 @@ def record(path: Path, job_name: str) -> dict:
     return json.loads((path / ".parallelaverage" / job_name / "job.json").read_text())
 
 
-def attempt_dir(path: Path, job_name: str, attempt: int = 1) -> Path:
-    return path / ".parallelaverage" / job_name / "attempts" / str(attempt)
+def launch_dir(path: Path, job_name: str, launch_no: int = 1) -> Path:
+    return path / ".parallelaverage" / job_name / "attempts" / str(launch_no)
 
 
-def job_id(path: Path, job_name: str, attempt: int = 1) -> str:
-    return json.loads((attempt_dir(path, job_name, attempt) / "launch.json").read_text())["job_id"]
+def job_id(path: Path, job_name: str, launch_no: int = 1) -> str:
+    return json.loads((launch_dir(path, job_name, launch_no) / "launch.json").read_text())["job_id"]
 
 
 def squeue(job: str) -> dict[str, str] | None:
@@ -170,16 +170,16 @@ def test_the_seed_example_on_slurm(tmp_path, capsys):
     assert all(outputs[run][0].shape == (64,) for run in outputs)
     assert len({float(outputs[run][0][0]) for run in outputs}) == 10
     assert record(tmp_path, "1_my_function")["status"] == "completed"
-    script = (attempt_dir(tmp_path, "1_my_function") / "job.sbatch").read_text()
+    script = (launch_dir(tmp_path, "1_my_function") / "job.sbatch").read_text()
     assert "#SBATCH --ntasks=5\n#SBATCH --job-name=1_my_function\n" in script
     assert "#SBATCH --time=00:02:00\n#SBATCH --mem=1G\n" in script
-    assert (attempt_dir(tmp_path, "1_my_function") / "exit_code").read_text() == "0\n"
+    assert (launch_dir(tmp_path, "1_my_function") / "exit_code").read_text() == "0\n"
 
     # caching: the same call returns the stored outputs, submits nothing
     again = my_function(64)
     assert len(again) == 10 and np.array_equal(again[3][0], outputs[3][0])
     assert "submitting" not in capsys.readouterr().out
-    assert JobFiles(tmp_path / ".parallelaverage" / "1_my_function").attempts() == [1]
+    assert JobFiles(tmp_path / ".parallelaverage" / "1_my_function").launch_numbers() == [1]
     assert sorted(p.name for p in (tmp_path / ".parallelaverage").iterdir() if p.name[0].isdigit()) == ["1_my_function"]
 
 
@@ -193,7 +193,7 @@ def test_cancel_a_running_slurm_job(tmp_path):
     slow()
     job = job_id(tmp_path, "1_slow")
     deadline = time.monotonic() + 60
-    while len(ranks(job)) < 2 or len(list(attempt_dir(tmp_path, "1_slow").glob("rank-r*.status"))) < 2:
+    while len(ranks(job)) < 2 or len(list(launch_dir(tmp_path, "1_slow").glob("rank-r*.status"))) < 2:
         assert time.monotonic() < deadline, f"the job's 2 ranks did not start: {job_processes(job)} {squeue(job)}"
         time.sleep(0.1)
     assert squeue(job)["state"] == "RUNNING"
@@ -207,7 +207,7 @@ def test_cancel_a_running_slurm_job(tmp_path):
         time.sleep(0.1)
     assert squeue(job)["state"] == "CANCELLED"
     assert mpich_segments(job) == [], "the cluster's Epilog left the killed ranks' /dev/shm segments"
-    cached = json.loads((attempt_dir(tmp_path, "1_slow") / "slurm_state").read_text())
+    cached = json.loads((launch_dir(tmp_path, "1_slow") / "slurm_state").read_text())
     assert cached["job_id"] == job and cached["state"] == "CANCELLED"
     with pytest.warns(JobEndedWarning, match="job was cancelled with 4 of 4 runs missing; use re_submit"):
         assert slow() is None
@@ -255,7 +255,7 @@ def test_a_job_that_hits_its_time_limit_is_completed_by_re_submit(tmp_path, monk
         time.sleep(0.5)
     assert shown and shown["state"] == "TIMEOUT", (shown, messages)  # not FAILED: SIGUSR1 did not kill the ranks
     assert 55 < ended_after_s < 120
-    assert "DUE TO TIME LIMIT" in (attempt_dir(tmp_path, "1_sleepy") / "stderr.txt").read_text()
+    assert "DUE TO TIME LIMIT" in (launch_dir(tmp_path, "1_sleepy") / "stderr.txt").read_text()
     assert partial is not None, f"no run survived the time limit: the SIGUSR1 checkpoint is missing ({messages})"
     kept = len(partial.successful_run_ids)
     assert 0 < kept < 160
@@ -264,7 +264,7 @@ def test_a_job_that_hits_its_time_limit_is_completed_by_re_submit(tmp_path, monk
     marker.unlink()
     assert re_submit(sleepy)(str(marker)) is None
     assert f"re-submitting {160 - kept} runs of job 1_sleepy" in capsys.readouterr().out
-    second = job_id(tmp_path, "1_sleepy", attempt=2)
+    second = job_id(tmp_path, "1_sleepy", launch_no=2)
     assert second != first and record(tmp_path, "1_sleepy")["queue_job_id"] == second
     result = wait(sleepy)(str(marker))
     assert sorted(result.successful_run_ids) == list(range(160)) and result.failed_run_ids == []
@@ -346,7 +346,7 @@ def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(tmp_path, mon
     assert count.read_text() == "x\n"  # no second sbatch
     job = job_id(tmp_path, "1_once")
     assert f"sbatch had succeeded after all: {job}" in capsys.readouterr().err
-    script = str(attempt_dir(tmp_path, "1_once") / "job.sbatch")
+    script = str(launch_dir(tmp_path, "1_once") / "job.sbatch")
     listed = subprocess.run(["squeue", "--noheader", "--states=all", "--name=1_once", "--format=%i|%o"],
                             capture_output=True, text=True).stdout.split()
     assert [line for line in listed if line.endswith("|" + script)] == [f"{job}|{script}"]
@@ -363,7 +363,7 @@ def test_an_unreachable_controller_is_retried_then_reported(tmp_path, monkeypatc
     monkeypatch.setattr(SlurmBackend, "retry_delays_s", (0.05, 0.1))
     monkeypatch.setattr(SlurmBackend, "query_retry_delays_s", (0.05, 0.1))
     files = JobFiles(tmp_path / ".parallelaverage" / "1_f")
-    files.attempt_dir(1).mkdir(parents=True)
+    files.launch_dir(1).mkdir(parents=True)
     with pytest.raises(RuntimeError, match=r"(?s)failed \(exit status 1, 3 tries\):\n.*Unable to contact slurm controller"):
         SlurmBackend().submit(files, 1, 2, {"time": "1"})
     with pytest.raises(RuntimeError, match=r"(?s)squeue failed \(exit status 1, 3 tries\):\n.*Unable to contact slurm controller"):
@@ -383,7 +383,7 @@ def test_mpiexec_launcher_setup_lines_and_an_awkward_path(tmp_path):
 
     outputs = wait(where)()
     assert set(outputs.values()) == {(3, "set by setup", "/")}
-    script = (attempt_dir(path, "1_where") / "job.sbatch").read_text()
+    script = (launch_dir(path, "1_where") / "job.sbatch").read_text()
     assert f'#SBATCH --output="{path}/.parallelaverage/1_where/attempts/1/stdout.txt"' in script
     assert '-n "$SLURM_NTASKS"' in script and "srun" not in script
 
@@ -409,9 +409,9 @@ def test_states_asks_squeue_once_for_many_jobs(tmp_path, monkeypatch):
         nap(4 + 0.1 * i)
     names = sorted(p.name for p in (tmp_path / ".parallelaverage").iterdir() if p.name[0].isdigit())
     launches = [(JobFiles(tmp_path / ".parallelaverage" / name), 1,
-                 json.loads((attempt_dir(tmp_path, name) / "launch.json").read_text())) for name in names]
+                 json.loads((launch_dir(tmp_path, name) / "launch.json").read_text())) for name in names]
     gone = JobFiles(tmp_path / "gone")
-    gone.attempt_dir(1).mkdir(parents=True)
+    gone.launch_dir(1).mkdir(parents=True)
     launches.append((gone, 1, {"job_id": "1"}))  # long purged by the controller: ended
 
     monkeypatch.setattr(slurm_backend, "_WATCHER", None)  # a new process: it asks at once
@@ -471,7 +471,7 @@ def test_a_job_that_exports_nothing_still_runs(tmp_path, options):
     mean, export = wait(exported)()
     assert mean.data == 2.5 and sorted(mean.successful_run_ids) == list(range(6))
     assert export == options["export"]  # the job really exported only that
-    script = (attempt_dir(tmp_path, "1_exported") / "job.sbatch").read_text()
+    script = (launch_dir(tmp_path, "1_exported") / "job.sbatch").read_text()
     assert f"#SBATCH --export={options['export']}\n" in script
     assert ("srun --mpi=pmi2 --export=ALL " in script) == ("launcher" not in options)
 
@@ -555,14 +555,14 @@ def assert_nothing_ran(report: dict, job_dir: Path, markers: Path, *expected: st
     """The ranks ran no run and wrote no rank file; the caller heard why, with the fix."""
     assert report["data"] is None
     assert list(markers.iterdir()) == [], "a rank ran runs in a world of its own"
-    attempt = job_dir / "attempts" / "1"
-    rank_files = [p.name for p in attempt.iterdir() if p.name.startswith(("snapshot", "outputs", "rank-", "result"))]
+    launch_no = job_dir / "attempts" / "1"
+    rank_files = [p.name for p in launch_no.iterdir() if p.name.startswith(("snapshot", "outputs", "rank-", "result"))]
     assert rank_files == []
-    assert [p.name for p in attempt.glob("fatal-r*.txt")] == ["fatal-r0.txt"]
+    assert [p.name for p in launch_no.glob("fatal-r*.txt")] == ["fatal-r0.txt"]
     # 1 from the rank that stopped; 143 when srun's --kill-on-bad-exit SIGTERM reached another first
-    assert (attempt / "exit_code").read_text() in ("1\n", "143\n")
-    fatal = (attempt / "fatal-r0.txt").read_text()
-    assert "[parallelaverage] " + fatal in (attempt / "stderr.txt").read_text()
+    assert (launch_no / "exit_code").read_text() in ("1\n", "143\n")
+    fatal = (launch_no / "fatal-r0.txt").read_text()
+    assert "[parallelaverage] " + fatal in (launch_no / "stderr.txt").read_text()
     # the call raises LaunchError with the reason (and warns nothing misleading such as "use re_submit")
     assert report["error"] is not None and "could not start its runs" in report["error"], report
     assert report["error"].split("could not start its runs", 1)[1].split(":\n", 1)[1].startswith(fatal.rstrip())

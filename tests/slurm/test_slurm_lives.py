@@ -23,7 +23,7 @@ import parallelaverage as pa
 from parallelaverage import JobWarning, parallel_average
 from parallelaverage.job import Job
 
-from test_slurm_e2e import attempt_dir, job_id, slurm_cluster, squeue  # noqa: F401
+from test_slurm_e2e import launch_dir, job_id, slurm_cluster, squeue  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 
@@ -102,7 +102,7 @@ def test_launches_stopped_by_their_time_limit_or_by_a_requeue_complete_by_themse
         finished = [p.name.split("-")[0] for p in markers[name].iterdir()]
         assert sorted(map(int, finished)) == list(range(n_runs)), f"{name}: a run was computed twice"
         state = job.state()
-        assert state.status == "completed" and job.files.attempts() == [1]  # one launch, several lives
+        assert state.status == "completed" and job.files.launch_numbers() == [1]  # one launch, several lives
         assert len(state.launches[0].history) >= 1, state.launches[0].history
     # max_relaunches=0: the launch stopped before its time limit, with runs left, and says so
     stopped = Job.load(3, tmp_path)

@@ -28,7 +28,7 @@ from parallelaverage import JobEndedWarning, dont_submit, parallel_average, re_s
 from parallelaverage.job import Job
 
 from test_slurm_e2e import (  # noqa: F401
-    attempt_dir, job_id, mpich_segments, ranks, record, settle, slurm_cluster, squeue,
+    launch_dir, job_id, mpich_segments, ranks, record, settle, slurm_cluster, squeue,
 )
 
 pytestmark = pytest.mark.slurm
@@ -143,7 +143,7 @@ def test_a_job_on_several_nodes_has_ranks_on_each_and_averages_right(tmp_path, n
 
     assert where() is None
     job = job_id(tmp_path, "1_where")
-    script = (attempt_dir(tmp_path, "1_where") / "job.sbatch").read_text()
+    script = (launch_dir(tmp_path, "1_where") / "job.sbatch").read_text()
     assert f"#SBATCH --nodes={nodes}\n#SBATCH --ntasks-per-node=2\n" in script
 
     mean, *_ = wait(where)()
@@ -196,7 +196,7 @@ def test_a_node_that_dies_mid_job_is_survived_by_the_job_which_completes_by_itse
 
     on_slurm(str(marker))
     first = job_id(database, "1_noisy")
-    launch = attempt_dir(database, "1_noisy")
+    launch = launch_dir(database, "1_noisy")
     assert "#SBATCH --requeue\n" in (launch / "job.sbatch").read_text()
     deadline = time.monotonic() + 90
     while len(list(launch.glob("snapshot-r*.pkl"))) < 4:  # every rank has finished a run

@@ -27,7 +27,7 @@ from parallelaverage.backends import slurm as slurm_backend
 from parallelaverage.backends.slurm import SlurmBackend
 from parallelaverage.job import Job
 
-from test_slurm_e2e import attempt_dir, job_id, job_processes, ranks, record, slurm_cluster, squeue  # noqa: F401
+from test_slurm_e2e import launch_dir, job_id, job_processes, ranks, record, slurm_cluster, squeue  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 
@@ -125,7 +125,7 @@ def test_a_refused_submission_is_explicit_and_the_fixed_call_completes_it(tmp_pa
     assert time.monotonic() - started < 30
     assert calls(log) == tries
     assert record(tmp_path, "1_refused")["status"] == "submit_failed"  # at once, no state read needed
-    first = attempt_dir(tmp_path, "1_refused")
+    first = launch_dir(tmp_path, "1_refused")
     assert says in (first / "submit_error.txt").read_text() and not (first / "launch.json").exists()
 
     # every later look says why at once: no "running" grace period, no blocking
@@ -177,7 +177,7 @@ def test_a_refused_submission_is_explicit_and_the_fixed_call_completes_it(tmp_pa
     job_dir = tmp_path / ".parallelaverage"
     assert sorted(p.name for p in job_dir.iterdir() if p.name[0].isdigit()) == ["1_refused"]  # the same job
     assert sorted(p.name for p in (job_dir / "1_refused" / "attempts").iterdir()) == ["1", "2", "3"]
-    assert [(attempt_dir(tmp_path, "1_refused", k) / "launch.json").exists() for k in (1, 2, 3)] == [False, False, True]
+    assert [(launch_dir(tmp_path, "1_refused", k) / "launch.json").exists() for k in (1, 2, 3)] == [False, False, True]
     assert record(tmp_path, "1_refused")["status"] == "completed"
     assert record(tmp_path, "1_refused")["queue_job_id"] == job_id(tmp_path, "1_refused", 3)
     assert until_terminal(job_id(tmp_path, "1_refused", 3)) == "COMPLETED"
@@ -210,9 +210,9 @@ def test_a_refused_job_relaunched_from_a_local_decorator_runs_locally(tmp_path, 
     for x, name in ((1, "1_where"), (2, "2_where")):
         outputs = wait(on_laptop)(x)
         assert {run: outputs[run] for run in outputs} == {run: (x, run, None) for run in range(4)}  # not in SLURM
-        creators = [json.loads((attempt_dir(tmp_path, name, k) / "creator.json").read_text())["backend"] for k in (1, 2)]
+        creators = [json.loads((launch_dir(tmp_path, name, k) / "creator.json").read_text())["backend"] for k in (1, 2)]
         assert creators == ["slurm", "local"]
-        assert json.loads((attempt_dir(tmp_path, name, 2) / "launch.json").read_text())["backend"] == "local"
+        assert json.loads((launch_dir(tmp_path, name, 2) / "launch.json").read_text())["backend"] == "local"
         assert record(tmp_path, name)["queue"] == "local" and record(tmp_path, name)["status"] == "completed"
         # the slurm decorator reads the same job: each launch is read with its own backend
         assert dict(dont_submit(on_slurm)(x)) == dict(outputs)
@@ -249,7 +249,7 @@ def test_a_launcher_that_starts_no_rank_raises_launch_error(tmp_path, mpi):
         with pytest.raises(pa.LaunchError) as raised:
             wait(failing)()
     assert [str(w.message) for w in caught if issubclass(w.category, pa.JobWarning)] == []
-    launch = attempt_dir(tmp_path, "1_refused")
+    launch = launch_dir(tmp_path, "1_refused")
     stderr = launch / "stderr.txt"
     tail = "\n".join(stderr.read_text().rstrip().splitlines()[-8:])
     message = str(raised.value)
@@ -301,7 +301,7 @@ def test_a_job_cancelled_while_another_caller_launches_it_is_stopped_as_it_start
     it has recorded the launch, sees the mark and scancels the SLURM job itself."""
     caller = tmp_path / "caller.py"
     caller.write_text(CALLER)
-    script = attempt_dir(tmp_path, "1_sleeper") / "job.sbatch"
+    script = launch_dir(tmp_path, "1_sleeper") / "job.sbatch"
     env = {**os.environ, "PARALLELAVERAGE_TEST_HOOKS": "launch_submitted=sleep:5"}
     process = subprocess.Popen([sys.executable, str(caller), str(tmp_path)], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
