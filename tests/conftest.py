@@ -7,21 +7,21 @@ import os
 import pytest
 
 import parallelaverage
-from parallelaverage import _kernels
+from parallelaverage import _kernels, _momentkernels
 from parallelaverage.backends import slurm as slurm_backend
 
 
 def pytest_report_header(config):
     return (
         f"parallelaverage {parallelaverage.__version__} from {os.path.dirname(parallelaverage.__file__)}; "
-        f"native kernels: {_kernels.NATIVE}"
+        f"native kernels: {_kernels.NATIVE}, moments {_momentkernels.NATIVE}"
     )
 
 
 def pytest_configure(config):
-    if os.environ.get("PARALLELAVERAGE_REQUIRE_NATIVE") == "1" and not _kernels.NATIVE:
+    if os.environ.get("PARALLELAVERAGE_REQUIRE_NATIVE") == "1" and not (_kernels.NATIVE and _momentkernels.NATIVE):
         raise RuntimeError(
-            "PARALLELAVERAGE_REQUIRE_NATIVE=1 but parallelaverage._native is not importable: "
+            "PARALLELAVERAGE_REQUIRE_NATIVE=1 but parallelaverage._native or _native_moments is not importable: "
             "run pytest (not 'python -m pytest') from the repository root after 'pip install .', "
             "so that the installed package, not the source tree, is imported"
         )

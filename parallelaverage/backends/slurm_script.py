@@ -204,8 +204,11 @@ class ScriptInputs:
             f'max_relaunches={limit}: not running it again" >&2',
             f'  echo {LIMIT_REACHED} > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"; exit {LIMIT_REACHED}',
             "fi",
-            'parallelaverage_end=$(squeue --noheader --jobs="$SLURM_JOB_ID" --format=%e 2>/dev/null)',
-            'export PARALLELAVERAGE_END_TIME="$(date -d "$parallelaverage_end" +%s 2>/dev/null)"',
+            # SLURM >= 23.02 exports the end time; before, one squeue per life asks it
+            'if [ -n "${SLURM_JOB_END_TIME:-}" ]; then export PARALLELAVERAGE_END_TIME="$SLURM_JOB_END_TIME"; else',
+            '  parallelaverage_end=$(squeue --noheader --jobs="$SLURM_JOB_ID" --format=%e 2>/dev/null)',
+            '  export PARALLELAVERAGE_END_TIME="$(date -d "$parallelaverage_end" +%s 2>/dev/null)"',
+            "fi",
         ]
 
     def relaunch_lines(self) -> list[str]:

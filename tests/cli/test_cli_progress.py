@@ -153,7 +153,10 @@ def test_a_notebook_shows_tqdm_s_widget(tmp_path):
         "f = pa.parallel_average(N_runs=8, N_tasks=2, queuing_system='local')(slow)\nprint(pa.wait(f)(1.0))",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(notebook, kernel_name="python3", timeout=120).execute()
+    # the kernel starts in tmp_path: from the repository's root it would import the
+    # source tree (no compiled extensions there), not the installed package
+    NotebookClient(notebook, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = notebook.cells[1].outputs
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widgets) == 1 and widgets[0]["data"]["text/plain"].startswith("1_slow:"), outputs

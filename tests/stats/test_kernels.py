@@ -281,7 +281,9 @@ def test_recentring_schedule():
         previous = shift
 
 
-def test_without_the_extension_the_numpy_kernels_take_over_with_one_warning():
+def test_without_the_extension_the_numpy_kernels_take_over_with_one_warning(tmp_path):
+    """Run outside the repository: from its root, ``python -c`` would import the source
+    tree, where no extension is built, and both kernel modules would warn."""
     import subprocess
     import sys
 
@@ -298,7 +300,7 @@ def test_without_the_extension_the_numpy_kernels_take_over_with_one_warning():
         "print(_kernels.NATIVE, len(caught), acc.mean, acc.variance)\n"
         "print(caught[0].message)\n"
     )
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=tmp_path)
     first, message = done.stdout.splitlines()[:2]
     assert first.split()[:2] == ["False", "1"] and float(first.split()[2]) == pytest.approx(7 / 3)
     assert "could not be imported" in message and "pure-numpy" in message
