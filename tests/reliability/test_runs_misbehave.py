@@ -707,7 +707,7 @@ def test_load_job_by_number_and_the_job_handle_work_as_documented(tmp_path, caps
         assert job.name == "2_chatty" and job.status == "completed" and job.done()
     assert job.result().data == 3.5 and job.result().successful_run_ids == [0, 1, 2, 3]
     stdout = job.stdout()
-    assert stdout.startswith(f"----- {tmp_path / '.parallelaverage/2_chatty/launch_nos/1/stdout.txt'} -----\n")
+    assert stdout.startswith(f"----- {tmp_path / '.parallelaverage/2_chatty/attempts/1/stdout.txt'} -----\n")
     assert all(f"run {run} says 2.0" in stdout for run in range(4))
     # cancel: a running job stops with every process it started, and says so
     slow = parallel(N_runs=2, N_tasks=2, **local(tmp_path))(sleeper)

@@ -57,9 +57,18 @@ def hostnames(nodelist: str) -> list[str]:
     return slurm("scontrol", "show", "hostnames", nodelist).split()
 
 
-def job_nodes(job: str) -> list[str]:
-    fields = slurm("squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%N").split()
-    return hostnames(fields[0]) if fields else []
+def job_nodes(job: str, settle_s: float = 60.0) -> list[str]:
+    """The nodes of a job's allocation. While a job is COMPLETING, squeue lists only the
+    nodes still completing (the others' epilogs are done): wait until it has left that
+    state."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        fields = slurm("squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%T %N").split()
+        if not fields:
+            return []
+        if fields[0] != "COMPLETING" or time.monotonic() > deadline:
+            return hostnames(fields[1]) if len(fields) > 1 else []
+        time.sleep(0.2)
 
 
 def need_nodes(count: int) -> list[str]:
