@@ -11,7 +11,9 @@ Each round times, in turn:
   share of the runs, adds the outputs, and one ``allreduce`` sums them — the least any
   MPI program doing this work can cost, interpreter start-up included.
 
-It prints the median of the per-round ratios (library / bare) and, last, one JSON line.
+It prints the median of the per-round ratios (library / bare); the fixed costs (the same
+for 1,000 runs) and so the cost per run and rank of each; ``Welford.add`` and the
+function's call timed in this process; and, last, one JSON line.
 Run it on an installed package (``pip install .``), not an editable one, whose import hook
 checks the build on every import of every rank.
 """
@@ -80,22 +82,66 @@ def main() -> None:
         def trivial(x):
             return x
 
+        @parallel_average(N_runs=FEW, N_tasks=args.ranks, queuing_system="local", path=path)
+        def few(x):
+            return x
+
         trivial.__wrapped_runs__ = args.runs  # type: ignore[attr-defined]
-        library, bare = [], []
+        few.__wrapped_runs__ = FEW  # type: ignore[attr-defined]
+        library, bare, library_few, bare_few = [], [], [], []
         for round_ in range(args.rounds):
             library.append(library_s(trivial, float(round_ + 1)))  # a new argument: a new job
             bare.append(bare_s(loop, args.runs, args.ranks))
+            library_few.append(library_s(few, float(round_ + 1)))
+            bare_few.append(bare_s(loop, FEW, args.ranks))
     ratios = [a / b for a, b in zip(library, bare)]
+    # per run, on each rank: the difference between N and FEW runs, which takes away the
+    # fixed costs (interpreters, imports, submission, merge, result)
+    per_run_us = [(a - b) / ((args.runs - FEW) / args.ranks) * 1e6 for a, b in zip(library, library_few)]
+    bare_per_run_us = [(a - b) / ((args.runs - FEW) / args.ranks) * 1e6 for a, b in zip(bare, bare_few)]
     figures = {
         "bench": "endtoend", "runs": args.runs, "ranks": args.ranks,
         "library_s": statistics.median(library), "bare_s": statistics.median(bare),
         "ratio_median": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios],
-        "library_us_per_run_per_rank": statistics.median(library) / (args.runs / args.ranks) * 1e6,
+        "library_fixed_s": statistics.median(library_few), "bare_fixed_s": statistics.median(bare_few),
+        "library_us_per_run_per_rank": statistics.median(per_run_us),
+        "bare_us_per_run_per_rank": statistics.median(bare_per_run_us),
+        "welford_add_us": welford_add_us(), "function_us": function_us(),
     }
     print(f"{args.runs:,} trivial runs on {args.ranks} ranks, first call -> result: "
           f"library {figures['library_s']:.3f} s, bare mpiexec loop {figures['bare_s']:.3f} s, "
           f"ratio {figures['ratio_median']:.2f}x (median of {args.rounds} rounds timed in turn)")
+    print(f"fixed costs ({FEW:,} runs): library {figures['library_fixed_s']:.3f} s, bare {figures['bare_fixed_s']:.3f} s; "
+          f"per run and rank: library {figures['library_us_per_run_per_rank']:.2f} us, "
+          f"bare {figures['bare_us_per_run_per_rank']:.2f} us; in this process, Welford.add of a float "
+          f"{figures['welford_add_us']:.2f} us, the function call {figures['function_us']:.2f} us")
     print(json.dumps(figures))
+
+
+FEW = 1000
+"""Runs of the job that measures the fixed costs."""
+
+
+def welford_add_us(n: int = 200_000) -> float:
+    """One ``Welford.add`` of a Python float, as the worker's fallback path would call it."""
+    from parallelaverage.stats import Welford
+
+    acc = Welford()
+    add = acc.add
+    start = time.perf_counter()
+    for _ in range(n):
+        add(1.0)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def function_us(n: int = 1_000_000) -> float:
+    def trivial(x):
+        return x
+
+    start = time.perf_counter()
+    for _ in range(n):
+        trivial(1.0)
+    return (time.perf_counter() - start) / n * 1e6
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Each rank claims runs (``mpi.dynamic_range``, or a static block), says in its st
 record which run it is executing (:mod:`parallelaverage.jobfiles.rankstatus`), calls the
 user's function, records the output in its :class:`~parallelaverage.jobfiles.tally.Tally`
 (statistics and/or the kept output), and writes its tally as a snapshot: after its
-first finished run, then every ``max(2 s, 100 × the snapshot's own write time)``, at
-most every 60 s (:class:`SnapshotClock`), and on SLURM's SIGUSR1. At the end the ranks
+first finished run, then every ``max(2 s, 100 × the snapshot's own write time)``
+(longer over 500 ranks: the launch writes at most 250 snapshots per second), at most
+every 60 s (:class:`SnapshotClock`), and on SLURM's SIGUSR1. At the end the ranks
 merge their statistics with ``mpi.allreduce`` and rank 0 writes the launch's result.
 
 A run ends in one of three ways, and only these:
@@ -56,7 +57,7 @@ from parallelaverage._atomic import atomic_write_bytes
 from parallelaverage._launch_check import world_mismatch
 from parallelaverage.errors import say
 
-__all__ = ["main", "SnapshotClock", "SNAPSHOT_MIN_INTERVAL_S", "SNAPSHOT_MAX_INTERVAL_S"]
+__all__ = ["main", "SnapshotClock", "SNAPSHOT_MIN_INTERVAL_S", "SNAPSHOT_MAX_INTERVAL_S", "LAUNCH_SNAPSHOTS_PER_S"]
 
 SNAPSHOT_MIN_INTERVAL_S = float(os.environ.get("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "2.0"))
 """Shortest time between two snapshots of a rank (the environment variable is for tests)."""
@@ -69,18 +70,32 @@ full disk is often freed by its user within minutes."""
 SNAPSHOT_COST_FACTOR = 100.0
 """The interval is at least this many times the last snapshot's write time: writing
 snapshots costs a rank at most 1 % of its time."""
+LAUNCH_SNAPSHOTS_PER_S = 250.0
+"""What a launch's ranks together may write per second, at most: each snapshot is a create,
+a write, an fsync and a rename in the launch's folder and an append to the rank's done log,
+so 250 snapshots/s are ~750 metadata operations/s on one directory of a parallel file
+system (docs/scaling.md). Up to 500 ranks this leaves the interval at 2 s; 1,000 ranks
+snapshot every 4 s."""
 
 
 class SnapshotClock:
     """When a rank writes its next snapshot: after its first finished run, then every
-    ``clamp(100 × last write time, 2 s, 60 s)``.
+    ``clamp(100 × last write time, max(2 s, ranks / 250 s), 60 s)``.
 
     This is the promise of ``docs/reliability.md``: a kill loses at most the runs in
     flight and the runs each rank finished since its last snapshot, that is, at most
-    one interval of work per rank (2 s unless snapshots are slow to write).
+    one interval of work per rank (2 s unless snapshots are slow to write or the launch
+    has more than 500 ranks).
+
+    Args:
+        ranks: the launch's number of ranks, which share the file system's metadata
+            budget (:data:`LAUNCH_SNAPSHOTS_PER_S`).
     """
 
-    def __init__(self, min_s: float = SNAPSHOT_MIN_INTERVAL_S, max_s: float = SNAPSHOT_MAX_INTERVAL_S) -> None:
+    def __init__(self, min_s: float = SNAPSHOT_MIN_INTERVAL_S, max_s: float = SNAPSHOT_MAX_INTERVAL_S,
+                 ranks: int = 1) -> None:
+        if min_s > 0:  # 0 (tests only) keeps a snapshot after every run
+            min_s = max(min_s, ranks / LAUNCH_SNAPSHOTS_PER_S)
         self.min_s, self.max_s = min_s, max(min_s, max_s)
         self.interval_s = min_s
         self.next_at = 0.0  # the first finished run triggers the first snapshot
@@ -430,7 +445,7 @@ def execute(members: list[Member], comm: Any, status: RankStatus) -> bool:
     member's tally is in ``member.recorder.tally`` (and on disk)."""
     rank = comm.Get_rank()
     checkpoints = CHECKPOINTS
-    clock = SnapshotClock()
+    clock = SnapshotClock(ranks=comm.Get_size())
     now = time.monotonic
     wall = time.time
     slots = status.slots

@@ -417,10 +417,16 @@ class JobDatabase:
                 return record, False
             return self._create_locked(key, make_record, files), True
 
-    def find_unindexed(self, key: CallKey) -> JobRecord | None:
+    def find_unindexed(self, key: CallKey, *, learn: bool = False) -> JobRecord | None:
         """The newest job of ``key`` whose index entry is gone (removed by hand, or a
         half-synced copy): its folder and ``job.json`` are there, the index does not
-        name it. Reads the records of the jobs of the same function only.
+        name it.
+
+        Reads the index's ``digests`` file (each job folder's key digest) and only the
+        records of the folders of this function it does not list yet: a miss costs a
+        ``listdir`` and the bytes appended since this process last looked, not a read of
+        every record. With ``learn`` (under the database lock) it adds those folders to
+        the file; a plain lookup writes nothing.
         """
         suffix = f"_{key.name}"
         try:
@@ -428,7 +434,21 @@ class JobDatabase:
                      and JOB_NAME_PATTERN.fullmatch(e.name)]
         except FileNotFoundError:
             return None
-        for name in sorted(names, key=lambda n: int(n.split("_", 1)[0]), reverse=True):
+        known = index.read_digests(self.root)
+        learned = []
+        for name in names:
+            if name not in known:
+                try:
+                    digest = self._read_record(name).key_digest
+                except (FileNotFoundError, CorruptFileError):
+                    continue
+                learned.append((name, digest))
+        if learn and learned:
+            index.append_digests(self.root, learned, dir_mode=_DIR_MODE)
+            known.update(learned)  # the process's cache of the file, which now holds them
+        candidates = [name for name in names if known.get(name) == key.digest]
+        candidates += [name for name, digest in learned if digest == key.digest and name not in candidates]
+        for name in sorted(candidates, key=lambda n: int(n.split("_", 1)[0]), reverse=True):
             try:
                 record = self._read_record(name)
             except (FileNotFoundError, CorruptFileError):
@@ -439,7 +459,7 @@ class JobDatabase:
 
     def _reindex(self, key: CallKey) -> JobRecord | None:
         """Under the database lock: restore the index entry of an unindexed job of ``key``."""
-        record = self.find_unindexed(key)
+        record = self.find_unindexed(key, learn=True)
         if record is not None:
             logger.warning("the index had no entry for %s although job %s answers it; re-indexed it",
                            key.describe(), record.job_name)
@@ -763,6 +783,7 @@ class JobDatabase:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        index.append_digests(self.root, [(record.job_name, key.digest)], dir_mode=_DIR_MODE)
         # Last: only now can lookups find the job.
         index.write_entry(self.root, key, record.job_name, dir_mode=_DIR_MODE)
         return record

@@ -22,6 +22,13 @@ whatever its ``N_runs`` (the family is the digest of the call with ``N_runs=1``)
 that a call with more runs finds the jobs whose runs it can keep without reading every
 record: one ``listdir``. An entry is only a hint (its job may be gone).
 
+``digests`` lists, one line each, ``<job name> <key digest>`` of every job folder made
+(appended under the database lock): a cache of what each folder's ``job.json`` says, so
+that finding a job whose index entry was lost (removed by hand, a half-synced copy)
+reads this file and the folders it does not name, not every record. Lines for folders
+since deleted are ignored; a folder it lacks (a torn last line, an older database) is
+read once and added.
+
 ``next_index`` holds the next job number as text (``"13"``). It only makes job
 names readable and ordered; uniqueness of job folders comes from the rename that
 creates them (see :mod:`.database`).
@@ -37,11 +44,56 @@ from .errors import CorruptFileError
 from .keys import CallKey
 from .records import JOB_NAME_PATTERN, SCHEMA_VERSION, check_schema_version, utc_now
 
-__all__ = ["INDEX_DIRNAME", "COUNTER_FILENAME", "entry_path", "read_entry", "write_entry", "read_counter", "write_counter",
-           "family_dir"]
+__all__ = ["INDEX_DIRNAME", "COUNTER_FILENAME", "DIGESTS_FILENAME", "entry_path", "read_entry", "write_entry",
+           "read_counter", "write_counter", "family_dir", "read_digests", "append_digests"]
 
 INDEX_DIRNAME = "index"
 COUNTER_FILENAME = "next_index"
+DIGESTS_FILENAME = "digests"
+
+_digests_cache: dict[Path, tuple[int, int, dict[str, str]]] = {}
+"""Per digests file: (inode, bytes read, job name -> digest), so that a process reads
+only what other processes appended since its last look."""
+
+
+def read_digests(root: Path) -> dict[str, str]:
+    """Job name -> key digest of every job folder the ``digests`` file lists (see the
+    module docstring); empty if there is no such file. Malformed lines are skipped.
+
+    The dict is this process's cache of the file: add to it only what you append."""
+    path = root / INDEX_DIRNAME / DIGESTS_FILENAME
+    try:
+        with open(path, "rb") as stream:
+            inode = os.fstat(stream.fileno()).st_ino
+            cached = _digests_cache.get(path)
+            offset, known = (cached[1], cached[2]) if cached and cached[0] == inode else (0, {})
+            stream.seek(offset)
+            data = stream.read()
+    except FileNotFoundError:
+        _digests_cache.pop(path, None)
+        return {}
+    complete = data[:data.rfind(b"\n") + 1]  # a line being appended is read next time
+    for line in complete.decode("utf-8", "replace").splitlines():
+        name, _, digest = line.partition(" ")
+        if JOB_NAME_PATTERN.fullmatch(name) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            known[name] = digest
+    _digests_cache[path] = (inode, offset + len(complete), known)
+    return known
+
+
+def append_digests(root: Path, pairs: list[tuple[str, str]], *, dir_mode: int) -> None:
+    """Add ``(job name, key digest)`` lines to the ``digests`` file (under the database lock)."""
+    if not pairs:
+        return
+    folder = root / INDEX_DIRNAME
+    if not folder.is_dir():
+        os.makedirs(folder, mode=dir_mode, exist_ok=True)
+    data = "".join(f"{name} {digest}\n" for name, digest in pairs).encode()
+    fd = os.open(folder / DIGESTS_FILENAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def entry_path(root: Path, digest: str) -> Path:

@@ -380,3 +380,48 @@ def test_an_argument_that_cannot_be_stored_fails_before_anything_is_written(tmp_
     with pytest.raises(TypeError, match="argument 'lock' of takes"):
         takes(threading.Lock())
     assert not (tmp_path / ".parallelaverage").exists() or jobs_in(tmp_path) == []
+
+
+def test_a_waiting_caller_polls_no_sooner_than_a_hundred_times_its_poll_s_cost(tmp_path, monkeypatch):
+    """``Job.watch`` on a launch whose state is slow to read (1,000 ranks' records: ~26 ms
+    here): after the first 2 s it sleeps at least 100x a poll's duration. A real job is
+    watched; its state reads and the clock are replaced by a clock that only the reads
+    and the sleeps advance, so the sleeps asked for are exact."""
+    import dataclasses
+
+    from parallelaverage import job as job_module
+    from parallelaverage.job import Job
+
+    @parallel_average(N_runs=2, N_tasks=1, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
+    def small():
+        return 1.0
+
+    wait(small)()
+    job = Job.load("1_small", tmp_path)
+    finished = job.state(light=True)
+    running = dataclasses.replace(finished, status="running")
+    clock = {"now": 0.0}
+    slept: list[float] = []
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return clock["now"]
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            clock["now"] += seconds
+
+    def slow_state(light: bool = False):
+        clock["now"] += 0.026  # one read of 1,000 status records
+        return running if clock["now"] < 60.0 else finished
+
+    monkeypatch.setattr(job_module, "time", FakeTime)
+    monkeypatch.setattr(job, "state", slow_state)
+    assert job.watch(progress=False).status == "completed"
+    early = [s for s, at in zip(slept, np.cumsum(slept)) if at < 2.0]
+    later = slept[len(early) + 1:]
+    assert early and all(s == pytest.approx(0.01) for s in early[:3]), early  # a short job is seen at once
+    assert later and all(s >= 100 * 0.026 - 1e-9 for s in later), later
+    assert len(slept) < len(early) + 60 / 2.6 + 2

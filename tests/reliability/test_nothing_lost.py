@@ -195,6 +195,40 @@ def test_a_job_whose_index_entry_was_removed_is_found_not_run_again(tmp_path):
     assert sorted(p.name for p in (tmp_path / ".parallelaverage").iterdir() if p.name[0].isdigit()) == ["1_indexed"]
 
 
+def test_a_new_call_reads_no_record_of_other_jobs_and_a_lost_index_is_rebuilt_once(tmp_path, monkeypatch):
+    """Looking for an unindexed job of a call must not read every job's record on each new
+    call (at 10,000 jobs that cost 0.5 s per call): the index's ``digests`` file says which
+    folder answers which call. With the whole index folder gone, the next creation reads
+    the records once and writes the file again; the job is found, not run twice."""
+    import shutil
+
+    from parallelaverage.jobdb import JobDatabase, call_key, new_record
+
+    db = JobDatabase(tmp_path)
+    for i in range(200):
+        key = call_key(_filler, (i,), N_runs=10)
+        db.get_or_create(key, lambda name, key=key: new_record(key, name, code_hash="0"))
+    reads = []
+    real_read = JobDatabase._read_record
+    monkeypatch.setattr(JobDatabase, "_read_record", lambda self, name: reads.append(name) or real_read(self, name))
+    key = call_key(_filler, (200,), N_runs=10)
+    record, created = JobDatabase(tmp_path).get_or_create(key, lambda name: new_record(key, name, code_hash="0"))
+    assert created and reads == [], reads
+    # the index lost entirely (a half-synced copy): found by its folder, and the file rebuilt
+    shutil.rmtree(db.root / "index")
+    key = call_key(_filler, (7,), N_runs=10)
+    found, created = JobDatabase(tmp_path).get_or_create(key, lambda name: new_record(key, name, code_hash="0"))
+    assert not created and found.job_name == "8__filler" and len(reads) >= 201
+    reads.clear()
+    key = call_key(_filler, (3,), N_runs=10)
+    found, created = JobDatabase(tmp_path).get_or_create(key, lambda name: new_record(key, name, code_hash="0"))
+    assert not created and found.job_name == "4__filler" and reads == ["4__filler"], reads
+
+
+def _filler(i):
+    return i
+
+
 def test_cleanup_reindex_restores_every_missing_entry(tmp_path):
     @parallel_average(N_runs=2, N_tasks=1, queuing_system="local", path=tmp_path, pickle_by_value=[THIS])
     def indexed(x):
@@ -281,6 +315,25 @@ def test_a_caller_killed_while_resubmitting_never_leaves_the_job_running_forever
 
 # --------------------------------------------------------------------- what a kill loses
 PROMISE_S = 2.0  # the default: the first snapshot after a rank's first run, then every 2 s
+
+
+@pytest.mark.parametrize("ranks, interval_s", [(1, 2.0), (4, 2.0), (500, 2.0), (1000, 4.0), (4000, 16.0)])
+def test_the_snapshot_interval_is_the_promise_and_grows_only_with_a_big_launch_or_a_slow_disk(ranks, interval_s):
+    """The clock of the promise: a snapshot after the first run, then every 2 s; over 500
+    ranks the launch writes at most 250 snapshots per second (a parallel file system's
+    metadata server serves the whole cluster); a slow write stretches it to 100x its time,
+    never beyond 60 s."""
+    from parallelaverage.worker import SnapshotClock
+
+    clock = SnapshotClock(ranks=ranks)
+    assert PROMISE_S == 2.0 and clock.due(0.0)  # the first finished run triggers the first snapshot
+    clock.written(10.0, 10.001)
+    assert clock.interval_s == interval_s and not clock.due(10.001 + interval_s - 1e-6) and clock.due(10.001 + interval_s)
+    clock.written(20.0, 20.1)  # 0.1 s to write: at least 10 s
+    assert clock.interval_s == pytest.approx(max(interval_s, 10.0))
+    clock.written(30.0, 31.0)
+    assert clock.interval_s == 60.0
+    assert SnapshotClock(min_s=0.0, ranks=ranks).min_s == 0.0  # tests only: after every run
 
 
 @pytest.mark.parametrize("victim", ["rank", "mpiexec"])
