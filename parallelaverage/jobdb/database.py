@@ -430,14 +430,13 @@ class JobDatabase:
         """
         suffix = f"_{key.name}"
         try:
-            names = [e.name for e in os.scandir(self.root) if e.name.endswith(suffix)
-                     and JOB_NAME_PATTERN.fullmatch(e.name)]
+            names = [name for name in os.listdir(self.root) if name.endswith(suffix)]
         except FileNotFoundError:
             return None
         known = index.read_digests(self.root)
         learned = []
         for name in names:
-            if name not in known:
+            if name not in known and JOB_NAME_PATTERN.fullmatch(name):
                 try:
                     digest = self._read_record(name).key_digest
                 except (FileNotFoundError, CorruptFileError):
