@@ -222,9 +222,8 @@ class Accumulator:
 
     def __eq__(self, other: object) -> bool:
         """Same kind, spec, shape and the same bits of the packed state (NaNs equal)."""
-        if type(other) is not type(self):
+        if type(other) is not type(self) or not isinstance(other, Accumulator):
             return NotImplemented
-        assert isinstance(other, Accumulator)
         if self._layout() != other._layout():
             return False
         mine, theirs = self._packed_state(), other._packed_state()

@@ -191,7 +191,8 @@ class _Shifted(Accumulator):
         from parallelaverage._accumulator import from_spec
 
         acc = from_spec(layout[0])
-        assert isinstance(acc, _Shifted)
+        if not isinstance(acc, _Shifted):
+            raise ValueError(f"layout {layout[0]!r} is not that of a Moments or Covariance state")
         acc._state, acc._shape = packed, tuple(layout[1])
         return acc
 

@@ -98,8 +98,7 @@ class TargetWatch:
                     tallies.append(piece)
             merged = _merged_accumulators(tallies)
             verdict = merged is not None and self._below(merged)
-            if verdict:
-                assert merged is not None
+            if merged is not None and verdict:
                 first = next(iter(merged.values()))
                 with np.errstate(invalid="ignore", divide="ignore"):
                     worst = max(float(np.nanmax(np.asarray(self._ratio(acc)))) for acc in merged.values())

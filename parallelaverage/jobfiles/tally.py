@@ -131,7 +131,8 @@ class Group:
                 else:
                     mine[kind] = stat.copy()
         newer = other if other.last_position > self.last_position else self
-        assert self.runs is not None and other.runs is not None  # made explicit by Tally.explicit
+        if self.runs is None or other.runs is None:
+            raise ValueError("groups merge only with their runs listed: call Tally.explicit() first")
         return Group(self.layout, self.runs.union(other.runs), accumulators,
                      dict(newer.last_values), newer.last_position, statistics)
 
@@ -228,7 +229,8 @@ class Tally:
             return tally
         done, failed, errors = tally.done, tally.failed.copy(), dict(tally.errors)
         for group in others:
-            assert group.runs is not None and main.runs is not None  # explicit
+            if group.runs is None or main.runs is None:
+                raise ValueError("resolving groups needs their runs listed: call Tally.explicit() first")
             reason = (f"returned {describe_layout(group.layout)}, but {len(main.runs)} other runs "
                       f"returned {describe_layout(main.layout)}")
             done = done.difference(group.runs)
