@@ -28,7 +28,6 @@ database and on a full disk.
 
 from __future__ import annotations
 
-import dataclasses
 import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -36,10 +35,8 @@ from typing import Any, Iterator, Mapping
 from parallelaverage.jobfiles.layout import Creator, JobFiles, LaunchPlan
 from parallelaverage.jobfiles.rankstatus import RankInfo, read_rank_status
 from parallelaverage.jobfiles.tally import Tally, read_launch_tally
-from parallelaverage.jobfiles.trust import load_pickle
 from parallelaverage.backends import backend_named
 from parallelaverage.backends.base import Backend
-from parallelaverage.errors import UntrustedFileError
 from parallelaverage.runspace import Positions, RunIds, RunSpace
 
 __all__ = ["LaunchState", "JobState", "Crash", "FailedRuns", "read_launch", "read_job_state", "LAUNCH_GRACE_S"]
@@ -348,7 +345,8 @@ def read_launch(files: JobFiles, launch_no: int, space: RunSpace, *, ask_backend
     member = (info if info is not None else creator).get("batch_member") if runner is not files else None
     exit_code = runner.exit_status(runner_launch_no)
     # a launch with its result and its exit status is over: its ranks have nothing more to say
-    ranks = [] if final and exit_code is not None else [
+    over = final and exit_code is not None
+    ranks = [] if over else [
         r for r in (read_rank_status(path, rank) for rank, path in runner.rank_statuses(runner_launch_no)) if r]
     message = None
     if info is None:
@@ -379,7 +377,9 @@ def read_launch(files: JobFiles, launch_no: int, space: RunSpace, *, ask_backend
         else:
             phase = "ended"
     lives = files.lives(launch_no)
-    if light and phase in LIVE_PHASES and member is None:  # the earlier lives are frozen; the current one's counts are in `ranks`
+    # the earlier lives are frozen; the current one's counts are in `ranks`, unless the files
+    # say it is over while the backend still lists it (its answer lags): then in its tally
+    if light and phase in LIVE_PHASES and member is None and not over:
         tally, final = _read_tally(files, launch_no, problems, lives=lives[:-1]) if len(lives) > 1 else (Tally(), False)
     else:
         tally, final = _read_tally(files, launch_no, problems)

@@ -3,8 +3,8 @@
 A launch renders a job script from a template (the built-in :data:`DEFAULT_TEMPLATE`
 or the user's ``~/.config/parallelaverage/slurm.sbatch``), which the SLURM backend
 writes to ``attempts/<k>/job.sbatch`` and submits. The script runs
-``srun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 <python> -P -m parallelaverage.worker JOBDIR K``
-(or ``mpiexec``), then writes the launcher's exit status to ``attempts/<k>/exit_code``
+``srun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 sh -c '...' sh <python> -P -m parallelaverage.worker JOBDIR K``
+(or ``mpiexec``; the ``sh`` starts the rank with SIGUSR1 ignored: :data:`USR1_IGNORED_UNTIL_EXEC`), then writes the launcher's exit status to ``attempts/<k>/exit_code``
 and exits with it. Pure text: nothing here runs a command.
 """
 
@@ -25,7 +25,7 @@ from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_
 from parallelaverage.backends.slurm_options import BACKEND_OPTIONS, SHORT_OPTIONS, check_line
 
 __all__ = ["ScriptInputs", "render_script", "load_template", "template_path", "DEFAULT_TEMPLATE",
-           "PLACEHOLDERS", "DEFAULT_SIGNAL", "MAX_RELAUNCHES", "REQUEUE_ME", "LIMIT_REACHED"]
+           "PLACEHOLDERS", "DEFAULT_SIGNAL", "USR1_IGNORED_UNTIL_EXEC", "MAX_RELAUNCHES", "REQUEUE_ME", "LIMIT_REACHED"]
 
 MAX_RELAUNCHES = 3
 """How often a launch may run again by default (requeued by SLURM, or by itself at its
@@ -39,6 +39,17 @@ LIMIT_REACHED = 76
 
 DEFAULT_SIGNAL = "USR1@60"
 """``--signal`` unless the user sets ``signal``: the ranks checkpoint 60 s before the time limit."""
+
+USR1_IGNORED_UNTIL_EXEC = ("sh", "-c", 'trap "" USR1; exec "$@"', "sh")
+"""What starts each rank's Python with SIGUSR1 ignored, until the worker installs its handler.
+
+SLURM sends ``--signal=USR1@N`` to the ranks once the time limit is N s away *or less*
+(it checks every 30 s, and its docs allow 60 s early): with a limit of a few minutes,
+and a slow start (imports from a slow file system, a loaded node), it comes while a rank
+is still starting Python, and SIGUSR1's default action ends the process: the launch, or
+a requeued life of it, then failed with exit code 138 before any run. An ignored signal
+stays ignored across ``exec``, so the rank starts immune and the worker's handler takes
+over (a snapshot request that early has nothing to save)."""
 
 DEFAULT_TEMPLATE = """\
 #!/bin/bash
@@ -68,7 +79,9 @@ PLACEHOLDERS: Mapping[str, str] = {
     "launch": "the launch command: srun (or mpiexec) running the worker",
     "relaunch": "after {{launch}}: requeue the launch when its ranks stopped at the time limit with runs "
                 "left (exit status 75) and relaunches are left",
-    "worker": "the worker command alone: <python> -P -m parallelaverage.worker <job dir> <launch>",
+    "worker": "the worker command alone: sh -c 'trap \"\" USR1; exec \"$@\"' sh <python> -P -m "
+              "parallelaverage.worker <job dir> <launch> (the rank starts with SIGUSR1 ignored: see "
+              "USR1_IGNORED_UNTIL_EXEC)",
     "exit_code_file": "the file the script must write the launch's exit status to (shell-quoted)",
     "job_name": "the job's name, e.g. 3_simulate",
     "job_dir": "the job directory (shell-quoted)",
@@ -223,7 +236,7 @@ class ScriptInputs:
         ]
 
     def worker_command(self) -> str:
-        return shlex.join(worker_argv(self.python, self.job_dir, self.launch_no))
+        return shlex.join([*USR1_IGNORED_UNTIL_EXEC, *worker_argv(self.python, self.job_dir, self.launch_no)])
 
     def launch_command(self) -> str:
         if self.options.get("launcher", "srun") == "mpiexec":

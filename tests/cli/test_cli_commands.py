@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +55,9 @@ def flaky(flag):
 
 def sleepy(seconds):
     time.sleep(seconds)
+    hold = os.environ.get("CLI_TEST_HOLD")  # set by a test that needs the job running until it says
+    while hold and pa.run_id() >= 10 and os.path.exists(hold):
+        time.sleep(0.05)
     return seconds
 
 
@@ -231,15 +236,18 @@ def test_console_script_is_installed(tmp_path):
 
 def test_status_cancel_and_show_of_a_running_job(tmp_path, monkeypatch):
     monkeypatch.setenv("PARALLELAVERAGE_SNAPSHOT_INTERVAL_S", "0")  # a snapshot after every run
-    assert _decorate(tmp_path, sleepy, N_runs=20)(0.5) is None   # 1_sleepy: about 5 s
+    hold = tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv("CLI_TEST_HOLD", str(hold))  # 1_sleepy's runs 10-19 wait until it is removed
+    assert _decorate(tmp_path, sleepy, N_runs=20)(0.5) is None   # 1_sleepy: ~2.5 s, then held
     assert _decorate(tmp_path, sleepy, N_runs=4)(600) is None    # 2_sleepy: runs until cancelled
     try:
-        _status_cancel_and_show(tmp_path)
+        _status_cancel_and_show(tmp_path, hold)
     finally:
         cli("cancel", "2_sleepy", cwd=tmp_path)  # no process left behind if the test fails
 
 
-def _status_cancel_and_show(tmp_path):
+def _status_cancel_and_show(tmp_path, hold):
     deadline = time.monotonic() + 60
     while True:  # until the first job has progress while it runs
         jobs = {j["job_name"]: j for j in cli_json("status", cwd=tmp_path)["jobs"]}
@@ -268,12 +276,27 @@ def _status_cancel_and_show(tmp_path):
     again = cli("cancel", "2_sleepy", cwd=tmp_path)
     assert again.returncode == 0 and "not running (cancelled); nothing to cancel" in again.stdout
 
-    watched = cli("status", "--watch", "--interval", "0.3", "1_sleepy", cwd=tmp_path)  # until it stops
-    assert watched.returncode == 0, watched.stderr
-    lines = watched.stdout.splitlines()
+    # the watch starts while 1_sleepy is held (under load the calls above can outlast an
+    # unheld job: it then showed only its end); released once the watch has drawn a line
+    watch = subprocess.Popen([sys.executable, "-m", "parallelaverage", "status", "--watch", "--interval", "0.3",
+                              "1_sleepy"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    release = threading.Timer(120, hold.unlink, kwargs={"missing_ok": True})  # a silent watch cannot hang the test
+    release.start()
+    try:
+        lines = [watch.stdout.readline().rstrip("\n") for _ in range(2)]  # the call, then one interval's line
+        assert "/20 runs" in lines[1] and "completed" not in lines[1], lines
+        hold.unlink()
+        rest, errors = watch.communicate(timeout=120)  # until the job stops
+    finally:
+        release.cancel()
+        hold.unlink(missing_ok=True)
+        watch.kill()
+    assert watch.returncode == 0, errors
+    lines += rest.splitlines()
     assert lines[0] == "1_sleepy: sleepy(seconds=0.5)" and len(lines) >= 3, lines  # a line per interval
     assert lines[-1].startswith("1_sleepy (completed): 100%|##########| 20/20 runs"), lines
-    assert "\r" not in watched.stdout  # not a terminal: lines, not redraws
+    assert "\r" not in "".join(lines) + rest  # not a terminal: lines, not redraws
     done = cli("wait", "1_sleepy", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("1_sleepy: 100%|##########| 20/20 runs")

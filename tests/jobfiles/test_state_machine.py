@@ -176,6 +176,40 @@ def test_a_rank_that_could_not_write_says_why(files):
     assert any("No space left on device" in p for p in read_launch(files, 1, SPACE).problems)
 
 
+# ------------------------------------------------------------------ polling (light reads)
+def light_count(files: JobFiles, backend_says: str) -> int:
+    """Runs done as a polling caller counts them (``Job.state(light=True)``), with the
+    backend's answer for launch 1 given (SLURM's comes from a cached ``squeue``)."""
+    state = combine([read_launch(files, 1, SPACE, states={1: backend_says}, light=True)], SPACE)
+    state.light = state.status == "running"  # as read_job_state sets it
+    return state.counts()[0]
+
+
+def test_a_poll_counts_the_earlier_lives_tallies_and_the_current_lifes_ranks(files):
+    """A requeued launch in its second life: life 0's result (it stopped at its time limit)
+    plus what life 1's ranks report."""
+    make_launch(files, 1, launch={"pid": 1, "start_ticks": 1})
+    write_pickle(files.result(1, 0), tally_of([0, 1, 2, 3, 4, 5]))
+    files.life_dir(1, 1).mkdir()
+    status = RankStatus(files.rank_status(1, 0, life=1))
+    status.slots[RankStatus.DONE] = 2
+    status.flush()
+    assert light_count(files, "running") == 6 + 2
+
+
+def test_a_poll_never_counts_less_when_a_life_ended_before_the_backend_saw_it(files):
+    """A requeued life whose ranks died while starting (no life folder yet) left its exit
+    code, while SLURM still lists the job: the files say the launch is over, so the poll
+    reads its tally (6 runs), not the ranks it no longer lists (it counted 0 for ~7 s:
+    `test_slurm_lives.py` saw progress 58 -> 0 -> 58)."""
+    make_launch(files, 1, launch={"pid": 1, "start_ticks": 1}, exit_code=138)
+    write_pickle(files.result(1, 0), tally_of([0, 1, 2, 3, 4, 5]))
+    for rank in (0, 1):
+        rank_status(files, 1, rank, stage="finished")
+    assert light_count(files, "running") == 6
+    assert light_count(files, "ended") == 6
+
+
 # ------------------------------------------------------------------ merging launches
 def test_runs_being_run_again_are_pending_not_failed(files):
     ended_launch(files)

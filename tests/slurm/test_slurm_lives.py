@@ -117,3 +117,45 @@ def test_launches_stopped_by_their_time_limit_or_by_a_requeue_complete_by_themse
     assert "requeued by SLURM" in jobs["requeue"].state().launches[0].history[0]
     print(f"\ntime limit: {len(jobs['limit'].files.lives(1))} lives; scontrol requeue: "
           f"{len(jobs['requeue'].files.lives(1))} lives; both complete, every run once")
+
+
+SLOW_START = '''
+import os, signal, time
+marks = os.environ.get("PARALLELAVERAGE_TEST_SLOW_START")
+if marks and os.environ.get("SLURM_STEP_ID", "batch") != "batch":  # a rank, not the batch script
+    rank = os.environ.get("SLURM_PROCID", "x") + "-" + os.environ.get("SLURM_RESTART_COUNT", "0")
+    ignored = signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+    open(os.path.join(marks, "started-" + rank + ("-ignored" if ignored else "-default")), "w").close()
+    # see the warning arrive while the rank starts, then leave the disposition as it was
+    signal.signal(signal.SIGUSR1, lambda *_: open(os.path.join(marks, "usr1-" + rank), "w").close())
+    time.sleep(35)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN if ignored else signal.SIG_DFL)
+'''
+
+
+def test_the_time_limit_warning_during_the_ranks_start_up_does_not_kill_them(tmp_path, monkeypatch):
+    """With a 1-minute limit the default ``--signal=USR1@60`` is due as the job starts, and
+    SLURM sends it at its next check (every 30 s): a rank still starting Python then died of
+    it (SIGUSR1's default action), and the launch "failed before any rank started (exit code
+    138, signal 10, SIGUSR1)". Each rank's Python now starts with SIGUSR1 ignored until the
+    worker handles it. A ``sitecustomize`` holds every rank 35 s in its start-up: it records
+    how the rank started and that the warning came meanwhile; the job completes."""
+    site, marks = tmp_path / "site", tmp_path / "marks"
+    site.mkdir()
+    marks.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_START)
+    monkeypatch.syspath_prepend(str(site))  # the job script's PYTHONPATH is the caller's sys.path
+    monkeypatch.setenv("PARALLELAVERAGE_TEST_SLOW_START", str(marks))
+    quick = parallel_average(N_runs=6, N_tasks=2, seed=SEED, time="00:01:00", queuing_system="slurm",
+                             path=tmp_path, pickle_by_value=[THIS])(timed_run)
+    quick(str(tmp_path), 0.2)
+    job = Job.load(1, tmp_path)
+    watch_until_done(job, timeout_s=600)  # a life that ran out of time requeues itself: still no call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JobWarning)
+        result = job.result()
+    assert list(result.successful_run_ids) == list(range(6)), job.state().fatal
+    seen = sorted(p.name for p in marks.iterdir())
+    assert [m for m in seen if m.startswith("started-")] and all(
+        m.endswith("-ignored") for m in seen if m.startswith("started-")), seen
+    assert any(m.startswith("usr1-") for m in seen), f"SLURM sent no SIGUSR1 while the ranks started: {seen}"
