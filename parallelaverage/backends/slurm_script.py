@@ -4,8 +4,9 @@ A launch renders a job script from a template (the built-in :data:`DEFAULT_TEMPL
 or the user's ``~/.config/parallelaverage/slurm.sbatch``), which the SLURM backend
 writes to ``attempts/<k>/job.sbatch`` and submits. The script runs
 ``srun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 sh -c '...' sh <python> -P -m parallelaverage.worker JOBDIR K``
-(or ``mpiexec``; the ``sh`` starts the rank with SIGUSR1 ignored: :data:`USR1_IGNORED_UNTIL_EXEC`), then writes the launcher's exit status to ``attempts/<k>/exit_code``
-and exits with it. Pure text: nothing here runs a command.
+(or ``mpiexec``; the ``sh`` starts the rank with SIGUSR1 ignored:
+:data:`USR1_IGNORED_UNTIL_EXEC`), then writes the launcher's exit status to
+``attempts/<k>/exit_code`` and exits with it. Pure text: nothing here runs a command.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ PLACEHOLDERS: Mapping[str, str] = {
     "launch": "the launch command: srun (or mpiexec) running the worker",
     "relaunch": "after {{launch}}: requeue the launch when its ranks stopped at the time limit with runs "
                 "left (exit status 75) and relaunches are left",
-    "worker": "the worker command alone: sh -c 'trap \"\" USR1; exec \"$@\"' sh <python> -P -m "
+    "worker": f"the worker command alone: {shlex.join(USR1_IGNORED_UNTIL_EXEC)} <python> -P -m "
               "parallelaverage.worker <job dir> <launch> (the rank starts with SIGUSR1 ignored: see "
               "USR1_IGNORED_UNTIL_EXEC)",
     "exit_code_file": "the file the script must write the launch's exit status to (shell-quoted)",
