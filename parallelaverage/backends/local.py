@@ -112,6 +112,23 @@ def _launcher_alive(files: JobFiles, launch_no: int) -> bool:
     return _start_ticks(pid) is not None and os.fsencode(str(files.dir.resolve())) in cmdline
 
 
+def _running(script: Path) -> int | None:
+    """The pid of a live process that has ``script`` among its arguments, or None."""
+    wanted = os.fsencode(str(script.resolve()))
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            arguments = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in arguments:
+            return int(entry)
+    return None
+
+
 def live_ranks(files: JobFiles, launch_no: int) -> list[int]:
     """Pids of the ranks of a launch still alive on this host (pid and start time both match)."""
     alive = []
@@ -161,10 +178,21 @@ class LocalBackend(Backend):
         return "running" if live_ranks(files, launch_no) else "ended"
 
     def recover(self, files: JobFiles, launch_no: int) -> dict[str, Any] | None:
-        """A launch whose maker died after starting mpiexec: its launcher's pid file says so."""
+        """A launch whose maker died after starting it: its launcher's pid file says so or,
+        until its script has written that file, the script's own process.
+
+        The maker starts the script and may die at once; the script writes the pid file
+        only after it has started mpiexec, and on a loaded machine that took long
+        enough for a reader to take the launch for one that never started, while it
+        ran (seen by the soak). From the start to the end of a launch, the shell that
+        detaches the script or the script's shell lives with the script's path among
+        its arguments.
+        """
         try:
-            pid = int(launcher_pid_file(files, launch_no).read_text())
+            pid: int | None = int(launcher_pid_file(files, launch_no).read_text())
         except (OSError, ValueError):
+            pid = _running(files.launch_dir(launch_no) / self.script_name)
+        if pid is None:
             return None
         return {"backend": self.name, "pid": pid, "start_ticks": _start_ticks(pid), "recovered": True}
 

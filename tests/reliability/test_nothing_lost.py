@@ -291,6 +291,34 @@ def test_a_caller_killed_while_submitting_never_leaves_the_job_running_forever(t
     assert Job.load(1, tmp_path).files.launch_numbers() == ([1, 2] if point == "job_created" else [1])
 
 
+def test_a_local_launch_whose_script_has_not_yet_written_its_pid_file_is_running_not_abandoned(tmp_path, monkeypatch):
+    """A caller killed right after it started a local launch (``launch_submitted``): the
+    launch's script writes its pid file once it has started mpiexec, on a loaded machine
+    long after. Meanwhile a reader took the launch for one that was never started (the
+    soak saw it: "launch 2 was never started", 6 runs of 8, while its ranks were about to
+    run the other 2). The script's own process says that the launch runs. Here a
+    stand-in script that sleeps is that process, started as the backend starts it."""
+    jobs = import_killed_module(tmp_path, monkeypatch)
+    run_killed(tmp_path, "job_created", "import killjobs; killjobs.killed('no-flag')")
+    job = Job.load(1, tmp_path)
+    launch = job.files.launch_dir(1)
+    assert not (launch / "launch.json").exists() and job.state().status == "not_launched"
+    script = (launch / "launch.sh").resolve()
+    script.write_text("sleep 120\n")
+    starting = subprocess.Popen(["sh", str(script)])
+    try:
+        state = job.state()
+        assert state.status == "running" and state.latest.phase == "running", state.latest.message
+    finally:
+        starting.kill()
+        starting.wait()
+    state = job.state()
+    assert state.status == "not_launched" and "was never started" in state.latest.message
+    assert jobs.killed("no-flag") is None  # a plain call launches it
+    result = wait(jobs.killed)("no-flag")
+    assert result.count == 8 and list(result.successful_run_ids) == list(range(8))
+
+
 @pytest.mark.parametrize("point", ["state_read", "launch_created", "launch_submitted", "launch_recorded"])
 def test_a_caller_killed_while_resubmitting_never_leaves_the_job_running_forever(tmp_path, monkeypatch, point):
     jobs = import_killed_module(tmp_path, monkeypatch)
