@@ -47,20 +47,37 @@ def rpc_counts() -> dict[str, int]:
     return {name: int(count) for name, count in re.findall(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)}
 
 
-def caller_rpcs(before: dict[str, int], after: dict[str, int]) -> tuple[dict[str, int], int]:
-    """The caller's RPCs between two ``sdiag`` readings, and the number of job starts.
+def caller_rpcs(*readings: dict[str, int]) -> list[tuple[dict[str, int], int]]:
+    """The caller's RPCs between consecutive ``sdiag`` readings, and the job starts in each.
 
     A job script asks its own end time as it starts (SLURM before 23.02 does not export
-    ``SLURM_JOB_END_TIME``): one ``squeue --jobs=ID``, i.e. one ``REQUEST_JOB_INFO_SINGLE``
-    with a ``REQUEST_PARTITION_INFO`` and a ``REQUEST_FED_INFO``. A caller that waits never
-    asks for one job (its listings are ``squeue --me``; only ``cancel`` asks for one), so
-    every ``REQUEST_JOB_INFO_SINGLE`` is a job start, and its two companions are taken off.
+    ``SLURM_JOB_END_TIME``): one ``squeue --jobs=ID``, i.e. a ``REQUEST_FED_INFO``, then a
+    ``REQUEST_JOB_INFO_SINGLE``, then a ``REQUEST_PARTITION_INFO``. A caller that waits
+    never asks for one job (its listings are ``squeue --me``; only ``cancel`` asks for one),
+    so every ``REQUEST_JOB_INFO_SINGLE`` is a job start, and its two companions are taken
+    off. A reading can fall inside such a squeue, and on a loaded machine inside several
+    at once (the soak saw 4 of 20 job starts so): their FED_INFO then counts in the window
+    before their JOB_INFO_SINGLE, their PARTITION_INFO in the window after. So a start's
+    FED_INFO is looked for in its window and, failing that, in the one before; its
+    PARTITION_INFO in its window and then in the ones after.
     """
-    delta = {name: after[name] - before.get(name, 0) for name in after if name in CALLER_RPCS}
-    starts = delta.pop("REQUEST_JOB_INFO_SINGLE", 0)
-    for companion in ("REQUEST_PARTITION_INFO", "REQUEST_FED_INFO"):
-        delta[companion] = max(0, delta.get(companion, 0) - starts)  # a squeue may straddle a reading
-    return {name: count for name, count in delta.items() if count}, starts
+    windows = [{name: after[name] - before.get(name, 0) for name in after if name in CALLER_RPCS}
+               for before, after in zip(readings, readings[1:])]
+    starts = [window.pop("REQUEST_JOB_INFO_SINGLE", 0) for window in windows]
+    late = 0  # starts whose FED_INFO came before their window's reading: looked for one window earlier
+    for window, n in reversed(list(zip(windows, starts))):
+        fed = window.get("REQUEST_FED_INFO", 0)
+        own = min(fed, n)
+        earlier = min(fed - own, late)
+        window["REQUEST_FED_INFO"] = fed - own - earlier
+        late = n - own
+    owed = 0  # starts whose PARTITION_INFO is still to come
+    for window, n in zip(windows, starts):
+        partition = window.get("REQUEST_PARTITION_INFO", 0)
+        taken = min(partition, owed + n)
+        window["REQUEST_PARTITION_INFO"] = partition - taken
+        owed += n - taken
+    return [({name: count for name, count in window.items() if count}, n) for window, n in zip(windows, starts)]
 
 
 def test_ranks_that_report_progress_need_no_squeue(tmp_path, monkeypatch):
@@ -138,7 +155,7 @@ def test_twenty_jobs_waited_on_for_a_minute_make_few_rpcs(tmp_path, monkeypatch,
     waited = rpc_counts()
     for k in range(20):
         Job.load(f"{k + 1}_step", tmp_path).cancel()
-    (submitting, starts_1), (waiting, starts_2) = caller_rpcs(before, submitted), caller_rpcs(submitted, waited)
+    (submitting, starts_1), (waiting, starts_2) = caller_rpcs(before, submitted, waited)
     report = (f"20 jobs, {ended} ended within the minute: submitting {submitting}, waiting {waiting}; "
               f"commands while waiting: {calls.count('squeue')} squeue; job starts that asked their end time: "
               f"{starts_1} + {starts_2}")
