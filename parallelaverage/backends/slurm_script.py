@@ -6,7 +6,9 @@ writes to ``attempts/<k>/job.sbatch`` and submits. The script runs
 ``srun --mpi=pmi2 --export=ALL --kill-on-bad-exit=1 sh -c '...' sh <python> -P -m parallelaverage.worker JOBDIR K``
 (or ``mpiexec``; the ``sh`` starts the rank with SIGUSR1 ignored:
 :data:`USR1_IGNORED_UNTIL_EXEC`), then writes the launcher's exit status to
-``attempts/<k>/exit_code`` and exits with it. Pure text: nothing here runs a command.
+``attempts/<k>/exit_code`` and exits with it. Under Open MPI's ``mpiexec`` the script
+itself takes SLURM's time-limit warning and passes it on (:data:`RELAY_NOTE`). Pure text:
+nothing here runs a command.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from parallelaverage.backends.mpiexec import find_mpiexec, mpi_flavour, mpiexec_
 from parallelaverage.backends.slurm_options import BACKEND_OPTIONS, SHORT_OPTIONS, check_line
 
 __all__ = ["ScriptInputs", "render_script", "load_template", "template_path", "DEFAULT_TEMPLATE",
-           "PLACEHOLDERS", "DEFAULT_SIGNAL", "USR1_IGNORED_UNTIL_EXEC", "MAX_RELAUNCHES", "REQUEUE_ME", "LIMIT_REACHED"]
+           "PLACEHOLDERS", "DEFAULT_SIGNAL", "USR1_IGNORED_UNTIL_EXEC", "RELAY_NOTE", "MAX_RELAUNCHES", "REQUEUE_ME", "LIMIT_REACHED"]
 
 MAX_RELAUNCHES = 3
 """How often a launch may run again by default (requeued by SLURM, or by itself at its
@@ -52,6 +54,22 @@ a requeued life of it, then failed with exit code 138 before any run. An ignored
 stays ignored across ``exec``, so the rank starts immune and the worker's handler takes
 over (a snapshot request that early has nothing to save)."""
 
+RELAY_NOTE = ("# SLURM's time-limit warning comes to this shell (--signal=B:...), which passes it to mpiexec:\n"
+              "# Open MPI's daemons die of a signal sent to them, and mpiexec relays it to the ranks")
+"""The comment above the relay's ``trap`` in a script for Open MPI's ``mpiexec``.
+
+By default SLURM sends ``--signal`` to every process of the job's steps. Under
+``launcher="mpiexec"`` the step is Open MPI's daemons (``prted``, started by ``srun``),
+which do not handle it: SIGUSR1 killed them, and ``mpiexec`` said "PRTE has lost
+communication with a remote daemon" and was left without a daemon for its ranks (seen
+on the test cluster with Open MPI 5.0.11: the ranks went on unmanaged, and a launch
+could end without writing its result). ``mpiexec`` itself forwards SIGUSR1,
+SIGUSR2 and others to the ranks, so for Open MPI the script asks for the ``B:`` form
+and relays the signal to ``mpiexec``: the ``trap`` comes before the first command
+(a warning that early, before ``mpiexec`` runs, is dropped: the ranks know the end
+time anyway), and ``mpiexec`` starts with SIGUSR1 ignored until it handles it.
+MPICH's proxies catch the signal and do nothing, so MPICH keeps the default delivery."""
+
 DEFAULT_TEMPLATE = """\
 #!/bin/bash
 {{sbatch_options}}
@@ -70,14 +88,16 @@ exit "$code"
 """The built-in job script. ``{{name}}`` are placeholders (:data:`PLACEHOLDERS`)."""
 
 PLACEHOLDERS: Mapping[str, str] = {
-    "sbatch_options": "every #SBATCH line: ours (ntasks, job-name, output, error, chdir, no-requeue, signal) "
+    "sbatch_options": "every #SBATCH line: ours (ntasks, job-name, output, error, chdir, requeue, open-mode, signal) "
                       "then the user's options (required)",
     "setup": "the 'setup' option's lines (a line holding only this disappears when there are none)",
     "environment": "export lines: PYTHONPATH = the caller's sys.path, and what the launcher needs",
     "lives": "which life of the launch this is (SLURM_RESTART_COUNT), the max_relaunches check and the "
              "allocation's end time for the ranks (keep it before {{launch}}: without it a requeued launch "
              "still resumes, but no limit applies and the ranks cannot stop before the time limit)",
-    "launch": "the launch command: srun (or mpiexec) running the worker",
+    "launch": "the launch command: srun (or mpiexec) running the worker; under Open MPI's mpiexec, "
+              "in the background with the time-limit warning relayed to it (see RELAY_NOTE), so that "
+              "$? after it is still its exit status",
     "relaunch": "after {{launch}}: requeue the launch when its ranks stopped at the time limit with runs "
                 "left (exit status 75) and relaunches are left",
     "worker": f"the worker command alone: {shlex.join(USR1_IGNORED_UNTIL_EXEC)} <python> -P -m "
@@ -156,21 +176,26 @@ class ScriptInputs:
     mpiexec: str = "mpiexec"
     mpiexec_env: Mapping[str, str] = field(default_factory=dict)
     mpiexec_args: tuple[str, ...] = ()
+    relays_signal: bool = False
+    """The script takes SLURM's warning signal itself and relays it to ``mpiexec``
+    (Open MPI's: see :data:`RELAY_NOTE`)."""
 
     @classmethod
     def for_launch(cls, files: JobFiles, launch_no: int, n_tasks: int,
                    options: Mapping[str, Any]) -> ScriptInputs:
         """The inputs of a real launch: this Python, its ``sys.path``, the working directory."""
         mpiexec, env, args = "mpiexec", {}, ()  # type: tuple[str, dict[str, str], tuple[str, ...]]
+        open_mpi = False
         if options.get("launcher") == "mpiexec":
             mpiexec = find_mpiexec()
             _, env = mpiexec_command(n_tasks, [], mpiexec)
+            open_mpi = mpi_flavour(mpiexec) == "openmpi"
             # Open MPI binds ranks to cores; with more ranks than cores it must not
-            args = ("--bind-to", "none") if mpi_flavour(mpiexec) == "openmpi" else ()
+            args = ("--bind-to", "none") if open_mpi else ()
         return cls(
             job_dir=files.dir.resolve(), launch_no=launch_no, n_tasks=n_tasks, options=dict(options),
             chdir=os.getcwd(), python=sys.executable, pythonpath=worker_environment()["PYTHONPATH"],
-            mpiexec=mpiexec, mpiexec_env=env, mpiexec_args=args,
+            mpiexec=mpiexec, mpiexec_env=env, mpiexec_args=args, relays_signal=open_mpi,
         )
 
     @property
@@ -192,7 +217,32 @@ class ScriptInputs:
         lines = [_sbatch_option(name, value) for name, value in ours.items()]
         lines += [_sbatch_option(name, value) for name, value in self.options.items()
                   if name not in BACKEND_OPTIONS]
-        return [line for line in lines if line is not None]
+        return [self._to_batch_shell(line) for line in lines if line is not None]
+
+    def _to_batch_shell(self, line: str) -> str:
+        """``#SBATCH --signal=[R:]SIG@T`` as ``[R]B:SIG@T`` when the script relays it."""
+        prefix = "#SBATCH --signal="
+        if not (self.relays_signal and line.startswith(prefix)):
+            return line
+        flags, colon, rest = line[len(prefix):].partition(":")
+        return f"{prefix}{flags}B:{rest}" if colon else f"{prefix}B:{flags}"
+
+    @property
+    def relayed_signal(self) -> str | None:
+        """The signal the script relays to ``mpiexec`` (``USR1``), or None."""
+        value = self.options.get("signal", DEFAULT_SIGNAL)
+        if not (self.relays_signal and isinstance(value, str)):
+            return None
+        return check_line("signal", value.rpartition(":")[2].partition("@")[0] or "USR1")
+
+    def relay_lines(self) -> list[str]:
+        """The ``trap`` that relays SLURM's warning to ``mpiexec`` once it runs (:data:`RELAY_NOTE`)."""
+        signal = self.relayed_signal
+        if signal is None:
+            return []
+        return [RELAY_NOTE, "parallelaverage_launcher=",
+                f"trap '[ -z \"$parallelaverage_launcher\" ] || kill -s {shlex.quote(signal)} "
+                f"\"$parallelaverage_launcher\" 2>/dev/null' {shlex.quote(signal)}"]
 
     def setup_lines(self) -> list[str]:
         setup = self.options.get("setup", ())
@@ -242,7 +292,18 @@ class ScriptInputs:
     def launch_command(self) -> str:
         if self.options.get("launcher", "srun") == "mpiexec":
             args = " ".join(shlex.quote(a) for a in self.mpiexec_args)
-            return f'{shlex.quote(self.mpiexec)} -n "$SLURM_NTASKS" {args + " " if args else ""}{self.worker_command()}'
+            command = f'{shlex.quote(self.mpiexec)} -n "$SLURM_NTASKS" {args + " " if args else ""}{self.worker_command()}'
+            if self.relayed_signal is None:
+                return command
+            # in the background, so that the trap runs while it does; the loop waits
+            # again after each relayed signal and leaves $? = mpiexec's exit status
+            return "\n".join([
+                f"{shlex.join(USR1_IGNORED_UNTIL_EXEC)} {command} &",
+                "parallelaverage_launcher=$!",
+                'while wait "$parallelaverage_launcher"; parallelaverage_code=$?; '
+                'kill -0 "$parallelaverage_launcher" 2>/dev/null; do :; done',
+                '(exit "$parallelaverage_code")',
+            ])
         mpi = check_line("mpi", str(self.options.get("mpi", "pmi2")))
         # --export=ALL: the ranks get the script's environment (its PYTHONPATH, the setup
         # lines' exports) even when the job has export=NONE or a list: srun would
@@ -298,4 +359,10 @@ def render_script(inputs: ScriptInputs, template: str = DEFAULT_TEMPLATE, source
         if alone and not values[alone.group(1)]:
             continue
         lines.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], line))
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    relay = inputs.relay_lines()
+    if relay:  # before the first command, where sbatch stops reading #SBATCH lines anyway
+        header = re.match(r"(?:[ \t]*(?:#[^\n]*)?\n)*", text)
+        end = header.end() if header else 0
+        text = text[:end] + "\n".join(relay) + "\n" + text[end:]
+    return text

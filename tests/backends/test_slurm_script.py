@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,8 +81,60 @@ def test_options_flags_short_names_quoting_and_setup():
 def test_the_mpiexec_launcher_script():
     options = {"launcher": "mpiexec", "time": "10", "setup": "module load openmpi"}
     script = render_script(inputs(options, n_tasks=4, mpiexec="/cluster/home/alice/venv/bin/mpiexec",
-                                  mpiexec_env={"OMPI_MCA_btl": "^ofi"}, mpiexec_args=("--bind-to", "none")))
+                                  mpiexec_env={"OMPI_MCA_btl": "^ofi"}, mpiexec_args=("--bind-to", "none"),
+                                  relays_signal=True))  # Open MPI's
     assert_golden("mpiexec.sbatch", script)
+
+
+def bash_syntax_error(script: str) -> str:
+    done = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    return done.stderr
+
+
+@pytest.mark.parametrize("signal, sbatch_line, relayed", [
+    (None, "#SBATCH --signal=B:USR1@60", "USR1"),
+    ("USR1@300", "#SBATCH --signal=B:USR1@300", "USR1"),
+    ("R:USR2@120", "#SBATCH --signal=RB:USR2@120", "USR2"),
+    ("USR1", "#SBATCH --signal=B:USR1", "USR1"),
+    (False, None, None),
+])
+def test_open_mpi_s_mpiexec_gets_the_warning_from_the_batch_shell(signal, sbatch_line, relayed):
+    """Open MPI's daemons die of a signal sent to them (tests/slurm shows it): the script
+    asks for the B: form and relays the signal to mpiexec, which passes it on to the
+    ranks; $? after the launch is still mpiexec's exit status."""
+    options = {"launcher": "mpiexec", "time": "10"} | ({} if signal is None else {"signal": signal})
+    script = render_script(inputs(options, relays_signal=True))
+    assert bash_syntax_error(script) == ""
+    lines = script.splitlines()
+    assert [line for line in lines if line.startswith("#SBATCH --signal")] == ([sbatch_line] if sbatch_line else [])
+    traps = [line for line in lines if line.startswith("trap ")]
+    if relayed is None:  # no warning: nothing to relay, mpiexec in the foreground
+        assert traps == [] and not any(line.endswith(" &") for line in lines)
+        return
+    assert traps == [f"trap '[ -z \"$parallelaverage_launcher\" ] || kill -s {relayed} "
+                     f"\"$parallelaverage_launcher\" 2>/dev/null' {relayed}"]
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    assert lines[first_command + 1] == traps[0]  # before anything that could take time
+    launch = next(i for i, line in enumerate(lines) if line.endswith(" &"))
+    assert lines[launch].startswith("sh -c 'trap \"\" USR1; exec \"$@\"' sh mpiexec -n ")
+    assert lines[launch + 4] == "code=$?"
+
+
+def test_mpich_s_mpiexec_and_srun_keep_slurm_s_own_delivery():
+    """MPICH's proxies catch the signal and do nothing, and srun's ranks are the step."""
+    for options in ({"launcher": "mpiexec", "time": "10"}, {"time": "10"}):
+        script = render_script(inputs(options))
+        assert "#SBATCH --signal=USR1@60\n" in script and "trap '" not in script and " &\n" not in script
+
+
+def test_the_relay_comes_before_the_first_command_of_a_user_template():
+    template = ("#!/bin/bash -l\n{{sbatch_options}}\n#SBATCH --constraint=haswell\n\n# mine\n"
+                "module load openmpi\n{{launch}}\necho $? > {{exit_code_file}}\n")
+    script = render_script(inputs({"launcher": "mpiexec", "time": "10"}, relays_signal=True), template)
+    assert bash_syntax_error(script) == ""
+    before, _, after = script.partition("# mine\n")
+    assert "#SBATCH --constraint=haswell" in before and after.startswith("# SLURM's time-limit warning")
+    assert after.index("trap '") < after.index("module load openmpi")
 
 
 def test_a_user_template_replaces_the_built_in_one(tmp_path, monkeypatch):

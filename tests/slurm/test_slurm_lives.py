@@ -23,7 +23,9 @@ import parallelaverage as pa
 from parallelaverage import JobWarning, parallel_average
 from parallelaverage.job import Job
 
-from test_slurm_e2e import launch_dir, job_id, slurm_cluster, squeue  # noqa: F401
+from test_slurm_e2e import (  # noqa: F401
+    launch_dir, job_id, openmpi_python, remove_leaked_segments, slurm_cluster, squeue,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -159,3 +161,90 @@ def test_the_time_limit_warning_during_the_ranks_start_up_does_not_kill_them(tmp
     assert [m for m in seen if m.startswith("started-")] and all(
         m.endswith("-ignored") for m in seen if m.startswith("started-")), seen
     assert any(m.startswith("usr1-") for m in seen), f"SLURM sent no SIGUSR1 while the ranks started: {seen}"
+
+
+WARNED_CALLER = """
+import os, sys, time, warnings
+import parallelaverage as pa
+from parallelaverage import JobWarning, parallel_average, wait
+
+marks = os.environ["PARALLELAVERAGE_TEST_USR1_MARKS"]
+
+@parallel_average(N_runs=240, N_tasks=2, time="00:10:00", signal="USR1@300", launcher="mpiexec",
+                  queuing_system="slurm", path=sys.argv[1])
+def until_warned():
+    if len(os.listdir(marks)) < 2:  # both ranks warned: the rest of the runs are quick
+        time.sleep(1)
+    return float(pa.run_id())
+
+with warnings.catch_warnings():
+    warnings.simplefilter("error", JobWarning)  # complete: no warning at all
+    result = wait(until_warned)()
+print("RESULT", result.count, result.data)
+"""
+
+USR1_SEEN = '''
+import os, signal
+marks = os.environ.get("PARALLELAVERAGE_TEST_USR1_MARKS")
+if marks:  # a SIGUSR1 handler (the worker's) also leaves a mark per process
+    install = signal.signal
+
+    def signal_with_a_mark(signum, handler):
+        if signum == signal.SIGUSR1 and callable(handler):
+            inner = handler
+
+            def handler(*args):
+                open(os.path.join(marks, f"usr1-{os.getpid()}"), "w").close()
+                return inner(*args)
+        return install(signum, handler)
+
+    signal.signal = signal_with_a_mark
+'''
+
+
+@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+def test_the_time_limit_warning_reaches_the_ranks_under_mpiexec_and_stops_nothing(tmp_path, mpi):
+    """``launcher="mpiexec"`` inside SLURM, the time-limit warning sent by SLURM's own timer.
+
+    SLURM sends ``--signal`` to the processes of the job's steps, and under ``mpiexec``
+    those are the MPI's daemons, started by ``srun``. MPICH's proxies catch it and do
+    nothing; the ranks get it too. Open MPI's ``prted`` died of it: ``mpiexec`` lost its
+    ranks ("PRTE has lost communication with a remote daemon") and exited 0 without the
+    launch's result, 60 s before the limit and without requeueing. For Open MPI the
+    script now takes the warning in the batch shell (``B:``) and relays it to
+    ``mpiexec``, which passes it to the ranks. The job is submitted with 10 minutes and
+    ``USR1@300``; once runs are done the test shortens the limit to 5 minutes, so the
+    warning is due at SLURM's next check; the runs go on until both ranks have it.
+    """
+    python = sys.executable if mpi == "mpich" else openmpi_python()
+    site, marks = tmp_path / "site", tmp_path / "marks"
+    site.mkdir()
+    marks.mkdir()
+    (site / "sitecustomize.py").write_text(USR1_SEEN)
+    (tmp_path / "caller.py").write_text(WARNED_CALLER)
+    env = dict(os.environ, PARALLELAVERAGE_TEST_USR1_MARKS=str(marks),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    started = time.time()
+    caller = subprocess.Popen([python, str(tmp_path / "caller.py"), str(tmp_path)], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / ".parallelaverage" / "1_until_warned").exists() or \
+                Job.load(1, tmp_path).state(light=True).counts()[0] < 2:  # the ranks run
+            assert caller.poll() is None and time.monotonic() < deadline, caller.communicate(timeout=60)[0]
+            time.sleep(0.5)
+        updated = subprocess.run(["scontrol", "update", f"JobId={job_id(tmp_path, '1_until_warned')}",
+                                  "TimeLimit=00:05:00"], capture_output=True, text=True, timeout=30)
+        assert updated.returncode == 0, updated.stderr
+        output, _ = caller.communicate(timeout=300)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        remove_leaked_segments(started - 1)
+    assert caller.returncode == 0 and "RESULT 240 119.5" in output, output
+    assert len({p.name for p in marks.iterdir()}) == 2, f"the ranks did not both get SIGUSR1: {output}"
+    launch = launch_dir(tmp_path, "1_until_warned")
+    assert (launch / "result.pkl").exists() and (launch / "exit_code").read_text() == "0\n"
+    assert "lost communication" not in (launch / "stderr.txt").read_text(errors="replace")
+    batch_only = "#SBATCH --signal=B:USR1@300\n" in (launch / "job.sbatch").read_text()
+    assert batch_only == (mpi == "openmpi")
