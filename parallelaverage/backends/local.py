@@ -113,20 +113,24 @@ def _launcher_alive(files: JobFiles, launch_no: int) -> bool:
 
 
 def _running(script: Path) -> int | None:
-    """The pid of a live process that has ``script`` among its arguments, or None."""
+    """The pid of a live process that runs ``script`` (``sh script``) or, before that one
+    exists, of the shell that detaches it (``script`` among its arguments); else None."""
     wanted = os.fsencode(str(script.resolve()))
     try:
         entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
         return None
+    detaching = None
     for entry in entries:
         try:
             arguments = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in arguments:
+        if arguments[1:2] == [wanted]:
             return int(entry)
-    return None
+        if wanted in arguments:
+            detaching = int(entry)
+    return detaching
 
 
 def live_ranks(files: JobFiles, launch_no: int) -> list[int]:
@@ -174,6 +178,9 @@ class LocalBackend(Backend):
             return "ended"  # rank 0 wrote the result after every rank merged: nothing runs any more
         if not files.exit_code(launch_no).exists():
             if _alive(int(launch["pid"]), launch.get("start_ticks")) or _launcher_alive(files, launch_no):
+                return "running"
+            # a recovered launch may have been found by the shell that detaches its script
+            if launch.get("recovered") and _running(files.launch_dir(launch_no) / self.script_name):
                 return "running"
         return "running" if live_ranks(files, launch_no) else "ended"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from parallelaverage import (
     JobEndedWarning, JobWarning, NotReadyWarning, RunsFailedWarning, dont_submit, parallel_average, re_submit, wait,
 )
 from parallelaverage.job import Job
+from parallelaverage.backends.local import LocalBackend
 
 THIS = sys.modules[__name__]
 HOOKS = "PARALLELAVERAGE_TEST_HOOKS"
@@ -305,13 +307,22 @@ def test_a_local_launch_whose_script_has_not_yet_written_its_pid_file_is_running
     assert not (launch / "launch.json").exists() and job.state().status == "not_launched"
     script = (launch / "launch.sh").resolve()
     script.write_text("sleep 120\n")
-    starting = subprocess.Popen(["sh", str(script)])
+    started = subprocess.run(LocalBackend().submit_argv(job.files, 1, script), capture_output=True, text=True,
+                             timeout=30, check=True)  # detached, as the backend starts it: prints its pid
+    wrapper = int(started.stdout.split()[-1])
     try:
         state = job.state()
         assert state.status == "running" and state.latest.phase == "running", state.latest.message
+        # recovered by the shell that detached the script, gone since: the script's process still counts
+        gone = {"backend": "local", "pid": 2**22 + 1, "start_ticks": None, "recovered": True}
+        assert LocalBackend().state(job.files, 1, gone) == "running"
     finally:
-        starting.kill()
-        starting.wait()
+        subprocess.run(["pkill", "-KILL", "-P", str(wrapper)], timeout=30)  # its sleep
+        os.kill(wrapper, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while LocalBackend().recover(job.files, 1) is not None:  # until it is gone (a zombie has no arguments)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     state = job.state()
     assert state.status == "not_launched" and "was never started" in state.latest.message
     assert jobs.killed("no-flag") is None  # a plain call launches it
