@@ -68,7 +68,7 @@ SIGUSR2 and others to the ranks, so for Open MPI the script asks for the ``B:`` 
 and relays the signal to ``mpiexec``: the ``trap`` comes before the first command
 (a warning that early, before ``mpiexec`` runs, is dropped: the ranks know the end
 time anyway), and ``mpiexec`` starts with SIGUSR1 ignored until it handles it.
-MPICH's proxies catch the signal and do nothing, so MPICH keeps the default delivery."""
+MPICH's proxies catch the signal and the job goes on, so MPICH keeps the default delivery."""
 
 DEFAULT_TEMPLATE = """\
 #!/bin/bash
