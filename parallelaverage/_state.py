@@ -472,6 +472,15 @@ def combine(launches: list[LaunchState], space: RunSpace, *, submitted_at: float
     problems = [p for launch in launches for p in launch.problems]
     merged = Tally()
     for launch in launches:
+        again = merged.done & launch.tally.done
+        if again:
+            # no path of the library launches a done run again (re-submission is one critical
+            # section); a copied or restored launch folder does: count each run once
+            problems.append(f"launch {launch.number} holds {len(again)} runs that an earlier launch also did "
+                            f"(the first: run {space.id_at(again.nth(0))!r}): counting them twice would bias the "
+                            "average, so its runs are left out (and missing unless done elsewhere); if "
+                            f"attempts/{launch.number} in the job's folder is a copy, remove it")
+            continue
         try:
             merged = merged.merged(launch.tally)
         except ValueError as error:

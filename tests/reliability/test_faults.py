@@ -118,6 +118,27 @@ def test_torn_and_garbage_files_are_named_and_their_runs_count_as_missing(tmp_pa
     assert repaired.successful_run_ids == list(range(20)) and repaired.data == pytest.approx(9.5, rel=1e-15)
 
 
+def test_a_copied_launch_folder_is_named_and_no_run_counts_twice(tmp_path):
+    import shutil
+
+    @parallel_average(N_runs=20, N_tasks=2, seed=1, queuing_system="local", path=tmp_path,
+                      pickle_by_value=[THIS])
+    def value():
+        return float(pa.run_id() % 4)
+
+    clean = wait(value)()
+    attempts = tmp_path / ".parallelaverage/1_value/attempts"
+    shutil.copytree(attempts / "1", attempts / "2")  # a restored backup, a sync gone wrong
+    result, caught = call_and_collect(value)
+    messages = [str(w.message) for w in caught]
+    assert any("launch 2 holds 20 runs that an earlier launch also did (the first: run 0)" in m
+               and "attempts/2" in m for m in messages), messages
+    assert result.successful_run_ids == list(range(20)) and result.count == clean.count == 20
+    assert (result.data, result.estimated_variance) == (clean.data, clean.estimated_variance)
+    assert result.data == pytest.approx(1.5, rel=1e-15)
+    assert not any("runs missing" in m for m in messages), messages
+
+
 WRITER = textwrap.dedent("""
     import sys
     from parallelaverage.jobdb import JobDatabase, call_key, new_record
