@@ -7,7 +7,6 @@ import importlib
 import json
 import shutil
 import sys
-import textwrap
 import warnings
 
 import numpy as np

@@ -23,7 +23,7 @@ import pytest
 
 import parallelaverage as pa
 from parallelaverage import (
-    JobEndedWarning, JobWarning, NotReadyWarning, RunsFailedWarning, dont_submit, parallel_average, re_submit, wait,
+    JobWarning, NotReadyWarning, RunsFailedWarning, dont_submit, parallel_average, re_submit, wait,
 )
 from parallelaverage.job import Job
 from parallelaverage.backends.local import LocalBackend

@@ -196,7 +196,7 @@ def test_sigterm_or_sigint_from_outside_stops_the_rank_after_a_checkpoint_and_re
     assert stopped.stage == "stopped" and stopped.signal == number  # its status record says so
     # the launch's exit code is the first rank's to end: the stopped one's (128 + signal)
     # or, with MPICH, one it then killed (9); the warning names the stopped rank either way
-    assert any(f"launch 1 exited with code " in m and f"without writing its result: rank {stopped.rank} was "
+    assert any("launch 1 exited with code " in m and f"without writing its result: rank {stopped.rank} was "
                f"stopped by signal {number}, {signal_name}, after a checkpoint" in m for m in messages), messages
     missing = n_runs - len(result.successful_run_ids)
     assert any(f"job ended with {missing} of {n_runs} runs missing; use re_submit" in m for m in messages), messages

@@ -10,21 +10,19 @@ when its slurmd is stopped by pid: SLURM then declares it DOWN after
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import parallelaverage as pa
-from parallelaverage import JobEndedWarning, dont_submit, parallel_average, re_submit, wait
+from parallelaverage import parallel_average, wait
 from parallelaverage.job import Job
 
 from test_slurm_e2e import (  # noqa: F401
@@ -238,7 +236,6 @@ def test_a_node_that_dies_mid_job_is_survived_by_the_job_which_completes_by_itse
         assert history and "requeued by SLURM" in history[0], history
     finally:
         slurmd.restart()
-    second = first
     deadline = time.monotonic() + 180
     while ranks(first):  # the returning slurmd kills what its node left running (once it has re-registered)
         assert time.monotonic() < deadline, f"ranks of the failed job survive the node's return: {ranks(first)}"

@@ -19,7 +19,6 @@ import time
 
 import pytest
 
-import parallelaverage as pa
 from parallelaverage import parallel, parallel_average, wait
 from parallelaverage.backends import slurm as slurm_backend
 from parallelaverage.job import Job
