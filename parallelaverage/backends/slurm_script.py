@@ -212,25 +212,28 @@ class ScriptInputs:
             "requeue": True,  # a requeued launch resumes as its next life (see NO_REQUEUE_REFUSED)
             "open_mode": "append",  # every life's output stays
         }
+        signal = self.signal
         if "signal" not in self.options:
-            ours["signal"] = DEFAULT_SIGNAL
+            ours["signal"] = signal
         lines = [_sbatch_option(name, value) for name, value in ours.items()]
-        lines += [_sbatch_option(name, value) for name, value in self.options.items()
+        lines += [_sbatch_option(name, signal if name == "signal" else value) for name, value in self.options.items()
                   if name not in BACKEND_OPTIONS]
-        return [self._to_batch_shell(line) for line in lines if line is not None]
+        return [line for line in lines if line is not None]
 
-    def _to_batch_shell(self, line: str) -> str:
-        """``#SBATCH --signal=[R:]SIG@T`` as ``[R]B:SIG@T`` when the script relays it."""
-        prefix = "#SBATCH --signal="
-        if not (self.relays_signal and line.startswith(prefix)):
-            return line
-        flags, colon, rest = line[len(prefix):].partition(":")
-        return f"{prefix}{flags}B:{rest}" if colon else f"{prefix}B:{flags}"
+    @property
+    def signal(self) -> Any:
+        """The value of ``#SBATCH --signal``: the user's ``signal`` or :data:`DEFAULT_SIGNAL`,
+        ``[R:]SIG@T`` turned into ``[R]B:SIG@T`` when the script relays it."""
+        value = self.options.get("signal", DEFAULT_SIGNAL)
+        if not (self.relays_signal and isinstance(value, str)):
+            return value
+        flags, colon, rest = value.partition(":")
+        return f"{flags}B:{rest}" if colon else f"B:{flags}"
 
     @property
     def relayed_signal(self) -> str | None:
         """The signal the script relays to ``mpiexec`` (``USR1``), or None."""
-        value = self.options.get("signal", DEFAULT_SIGNAL)
+        value = self.signal
         if not (self.relays_signal and isinstance(value, str)):
             return None
         return check_line("signal", value.rpartition(":")[2].partition("@")[0] or "USR1")
