@@ -28,7 +28,7 @@ import numpy as np
 
 from parallelaverage import _kernels, _packed
 from parallelaverage._accumulator import Accumulator, Layout, register
-from parallelaverage._packed import COUNT, FLAGS, HEADER, NONFINITE, NPOS, P_M, S_M, W_M
+from parallelaverage._packed import COUNT, FLAGS, NONFINITE, NPOS, P_M, S_M, W_M
 from parallelaverage._welford import Welford, _sample_array, _weight
 
 __all__ = ["LogBinning"]
